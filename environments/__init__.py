@@ -1,0 +1,1 @@
+"""Built-in environment families of agentgym; each subpackage registers through an entry point."""
