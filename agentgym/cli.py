@@ -1,0 +1,234 @@
+"""The ``agentgym`` command line: envs, describe, play, check, eval, train."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentgym import registry
+from agentgym.errors import AgentGymError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_kwargs(pairs: Sequence[str] | None, flag: str = "--env-kwargs") -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are YAML scalars/lists (``6``, ``0.5``, ``[6,6]``, ``true``, text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise AgentGymError(f"{flag} {pair!r} is not KEY=VALUE; write e.g. {flag} level_file=levels.xsb")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _add_env_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    if required:
+        parser.add_argument("--env", "-e", required=True, help="env id or alias (see `agentgym envs`)")
+    parser.add_argument(
+        "--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[],
+        help="keyword arguments passed to the env's constructor, e.g. --env-kwargs level_file=levels.xsb",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_envs(args: argparse.Namespace) -> int:
+    """Table of registered envs."""
+    table = Table(title="agentgym environments")
+    for col in ("id", "aliases", "views", "tags", "description"):
+        table.add_column(col, overflow="fold")
+    for s in registry.list_envs():
+        aliases = ", ".join(a for a in s.aliases)
+        table.add_row(s.id, aliases, ", ".join(s.views), ", ".join(s.tags), s.description)
+    console.print(table)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """Spec card, arguments, spaces, instructions and a sample observation of one env."""
+    env_spec = registry.spec(args.env)
+    env = registry.make(env_spec.id, **parse_kwargs(args.env_kwargs))
+    cls = type(env.unwrapped)
+    console.rule(f"[bold]{env_spec.id}[/bold]  ({cls.__module__}.{cls.__qualname__})")
+    console.print(f"aliases: {', '.join(env_spec.aliases) or '-'}   views: {', '.join(env_spec.views)}   "
+                  f"tags: {', '.join(env_spec.tags)}")
+    console.print(inspect.getdoc(cls) or "(no spec card)", markup=False, highlight=False)
+    table = Table(title="constructor arguments (registry defaults applied)")
+    for col in ("argument", "default"):
+        table.add_column(col)
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        default = env_spec.kwargs.get(name, param.default)
+        table.add_row(name, "(required)" if default is inspect.Parameter.empty else repr(default))
+    console.print(table)
+    console.print(f"action_space: {env.action_space}", markup=False)
+    console.print(f"observation_space: {env.observation_space}", markup=False)
+    _, info = env.reset(seed=0)
+    console.rule("instructions()")
+    console.print(env.unwrapped.instructions(), markup=False, highlight=False)
+    console.rule(f"sample observation (seed 0, task {info.get('task')!r})")
+    console.print(env.unwrapped.text_observation(), markup=False, highlight=False)
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    """Interactive play in the terminal."""
+    from agentgym.play import play
+
+    env = registry.make(args.env, **parse_kwargs(args.env_kwargs))
+    task = parse_kwargs([f"task={args.task}"])["task"] if args.task is not None else None
+    play(env, seed=args.seed, task=task, split=args.split)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run the contract check on one env (or all)."""
+    from agentgym.testing import check_env
+
+    ids = [s.id for s in registry.list_envs()] if args.env == "all" else [registry.spec(args.env).id]
+    ok = True
+    for env_id in ids:
+        report = check_env(env_id, seed=args.seed, steps=args.steps, raise_on_failure=False,
+                           **parse_kwargs(args.env_kwargs))
+        table = Table(title=f"agentgym check {env_id}")
+        for col in ("check", "result", "detail", "seconds"):
+            table.add_column(col, overflow="fold")
+        for r in report.results:
+            table.add_row(r.name, "[green]pass[/green]" if r.passed else "[red]FAIL[/red]", r.detail, f"{r.seconds:.2f}")
+        console.print(table)
+        ok &= report.passed
+    return 0 if ok else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a policy and print (and optionally write) the results."""
+    from agentgym.evaluation import evaluate, write_json
+
+    registry.spec(args.env)  # fail on a bad name before the progress bar starts
+    registry.policy_spec(args.policy)
+    columns = (TextColumn("[bold]eval[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("success {task.fields[succ]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        bar = progress.add_task(f"{args.env} / {args.policy}", total=None, succ="-")
+        wins = [0, 0]
+
+        def on_episode(record: Any) -> None:
+            wins[0] += record.success
+            wins[1] += 1
+            progress.update(bar, advance=1, succ=f"{wins[0]}/{wins[1]}")
+
+        summary, records = evaluate(
+            args.env, args.policy, episodes=args.episodes, split=args.split, seed=args.seed,
+            env_kwargs=parse_kwargs(args.env_kwargs), policy_kwargs=parse_kwargs(args.policy_kwargs, "--policy-kwargs"),
+            on_start=lambda n: progress.update(bar, total=n), on_episode=on_episode,
+        )
+    _print_episodes(records)
+    lo, hi = summary.success_ci95
+    console.print(
+        f"[bold]{summary.env_id}[/bold] policy={summary.policy} split={summary.split} episodes={summary.episodes}"
+        f"{' (interrupted)' if summary.interrupted else ''}\n"
+        f"success {summary.success_rate:.1%} (95% CI {lo:.1%}-{hi:.1%})  return {summary.mean_return:.2f} "
+        f"± {summary.std_return:.2f}  steps {summary.mean_steps:.1f}  invalid actions "
+        f"{summary.invalid_action_rate:.1%}  wall {summary.wall_s:.1f}s"
+    )
+    if args.json:
+        write_json(args.json, summary, records)
+        console.print(f"wrote {args.json}")
+    return 130 if summary.interrupted else 0
+
+
+def _print_episodes(records: Sequence[Any], limit: int = 50) -> None:
+    table = Table(title="episodes" + (f" (first {limit})" if len(records) > limit else ""))
+    extra_keys = [k for k in ("moves", "pushes", "score", "max_tile") if records and k in records[0].final_info]
+    for col in ("task", "difficulty", "success", "return", "steps", *extra_keys):
+        table.add_column(col, justify="right")
+    for r in records[:limit]:
+        task = r.final_info.get("level_name", r.task)
+        table.add_row(str(task), str(r.difficulty), "yes" if r.success else "no", f"{r.episode_return:.2f}",
+                      str(r.steps), *[str(r.final_info.get(k)) for k in extra_keys])
+    console.print(table)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a policy with a registered trainer."""
+    registry.spec(args.env)
+    trainer = registry.trainer_spec(args.trainer).load()
+    return int(trainer.main(args) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``agentgym`` command."""
+    parser = argparse.ArgumentParser(prog="agentgym", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list registered environments")
+    p.set_defaults(fn=cmd_envs)
+
+    p = sub.add_parser("describe", help="spec card, arguments, spaces, instructions and a sample observation")
+    p.add_argument("env", help="env id or alias")
+    _add_env_args(p, required=False)
+    p.set_defaults(fn=cmd_describe)
+
+    p = sub.add_parser("play", help="play an env in the terminal (arrow keys or typed actions)")
+    p.add_argument("env", help="env id or alias")
+    _add_env_args(p, required=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default=None, help="a task to play (e.g. a level index or seed)")
+    p.add_argument("--split", default="train", help="split to draw tasks from")
+    p.set_defaults(fn=cmd_play)
+
+    p = sub.add_parser("check", help="run the env contract check (gymnasium checker, determinism, state, oracle)")
+    p.add_argument("env", help="env id or alias, or 'all'")
+    _add_env_args(p, required=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50, help="steps compared by the determinism check")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("eval", help="evaluate a policy on held-out tasks")
+    _add_env_args(p)
+    p.add_argument("--policy", "-p", default="random", help="registered policy name (random, oracle, ...)")
+    p.add_argument("--policy-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[])
+    p.add_argument("--episodes", "-n", type=int, default=None,
+                   help="number of tasks (default: every task of a level file, else 20)")
+    p.add_argument("--split", default=None, help="train/dev/test, or all for level files (default: test / all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the summary and per-episode records here")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("train", help="train a policy with a registered trainer")
+    _add_env_args(p)
+    p.add_argument("--trainer", "-t", required=True, help="registered trainer name")
+    p.set_defaults(fn=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentgym`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except AgentGymError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

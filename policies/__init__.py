@@ -1,0 +1,13 @@
+"""Built-in policies, registered through the ``agentgym.policies`` entry-point group like any plugin."""
+
+from __future__ import annotations
+
+
+def register_policies() -> None:
+    """Register the built-in policies (string entry points: nothing heavy is imported here)."""
+    from agentgym.registry import register_policy
+
+    register_policy("random", "policies.baselines:RandomPolicy", description="Uniform over the env's action space.")
+    register_policy(
+        "oracle", "policies.baselines:OraclePolicy", description="The env's expert (solver or search) via oracle_action()."
+    )
