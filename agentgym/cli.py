@@ -60,19 +60,20 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     """Spec card, arguments, spaces, instructions and a sample observation of one env."""
     env_spec = registry.spec(args.env)
-    env = registry.make(env_spec.id, **parse_kwargs(args.env_kwargs))
+    overrides = parse_kwargs(args.env_kwargs)
+    env = registry.make(env_spec.id, **overrides)
     cls = type(env.unwrapped)
     console.rule(f"[bold]{env_spec.id}[/bold]  ({cls.__module__}.{cls.__qualname__})")
     console.print(f"aliases: {', '.join(env_spec.aliases) or '-'}   views: {', '.join(env_spec.views)}   "
                   f"tags: {', '.join(env_spec.tags)}")
     console.print(inspect.getdoc(cls) or "(no spec card)", markup=False, highlight=False)
-    table = Table(title="constructor arguments (registry defaults applied)")
+    table = Table(title="constructor arguments (registry defaults and --env-kwargs applied)")
     for col in ("argument", "default"):
         table.add_column(col)
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
-        default = env_spec.kwargs.get(name, param.default)
+        default = {**env_spec.kwargs, **overrides}.get(name, param.default)
         table.add_row(name, "(required)" if default is inspect.Parameter.empty else repr(default))
     console.print(table)
     console.print(f"action_space: {env.action_space}", markup=False)

@@ -68,7 +68,7 @@ def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", str
     print(base.instructions(), HELP, "", base.text_observation(), sep="\n", file=out)
     history: list[Any] = []
     stats = {"episodes": 1, "steps": 0, "successes": 0}
-    total = 0.0
+    total, done = 0.0, False
     for command in inputs:
         cmd = command.strip().lower()
         if cmd in ("q", "quit", "exit"):
@@ -79,6 +79,7 @@ def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", str
         if cmd in ("u", "undo"):
             if history:
                 base.set_state(history.pop())
+                done = False
                 print("(undone)", base.text_observation(), sep="\n", file=out)
             else:
                 print("(nothing to undo)", file=out)
@@ -91,7 +92,7 @@ def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", str
                 options = {"task": base.task}
             env.reset(seed=episode_seed, options=options)
             history.clear()
-            total = 0.0
+            total, done = 0.0, False
             stats["episodes"] += 1
             print(f"(task {base.task})", base.text_observation(), sep="\n", file=out)
             continue
@@ -101,6 +102,9 @@ def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", str
             shown = names[hint] if isinstance(hint, int) and hint < len(names) else hint
             print(f"oracle suggests: {shown if hint is not None else 'nothing (no solution from here)'}", file=out)
             continue
+        if done:
+            print("the episode is over: r restart, n new task, q quit", file=out)
+            continue
         history.append(base.get_state())
         _, reward, terminated, truncated, info = env.step(command)
         stats["steps"] += 1
@@ -109,6 +113,7 @@ def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", str
             print(f"invalid: {info.get('action_error', 'unparseable')}", file=out)
         print(base.text_observation(), f"reward {reward:+.2f}  return {total:+.2f}", sep="\n", file=out)
         if terminated or truncated:
+            done = True
             stats["successes"] += bool(info.get("success"))
             outcome = "solved!" if info.get("success") else ("out of time" if truncated else "game over")
             print(f"== {outcome} == (r restart, n new task, q quit)", file=out)

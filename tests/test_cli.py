@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import io
+import re
+import json
+
+import pytest
+
+from agentgym.cli import main, parse_kwargs
+from agentgym.errors import AgentGymError
+from agentgym.play import play
+
+
+def test_parse_kwargs_reads_yaml_values():
+    assert parse_kwargs(["level_file=a.xsb", "dim_room=[6, 6]", "num_boxes=2", "p=0.5", "flag=true"]) == {
+        "level_file": "a.xsb", "dim_room": [6, 6], "num_boxes": 2, "p": 0.5, "flag": True,
+    }
+    with pytest.raises(AgentGymError, match="KEY=VALUE"):
+        parse_kwargs(["novalue"])
+
+
+def test_envs_lists_every_registered_env(capsys):
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    assert "agentgym/Sokoban-v0" in out and "agentgym/Game2048-v0" in out
+
+
+def test_unknown_env_is_a_clean_error_with_suggestion(capsys):
+    assert main(["eval", "--env", "sokobn", "--policy", "oracle"]) == 2
+    err = capsys.readouterr().err
+    assert "sokobn" in err and "Did you mean" in err and "Traceback" not in err
+
+
+def test_describe_shows_card_arguments_instructions_and_sample(capsys, corridor_id):
+    assert main(["describe", corridor_id, "--env-kwargs", "length=7"]) == 0
+    out = capsys.readouterr().out
+    assert "Action Space" in out and "length" in out and "reach the exit" in out
+    assert re.search(r"^[.A]{6}E$", out, re.MULTILINE)  # the sample observation, at the requested length
+
+
+def test_eval_writes_summary_and_episode_records(tmp_path, corridor_id):
+    path = tmp_path / "out.json"
+    assert main(["eval", "--env", corridor_id, "--policy", "oracle", "-n", "6", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["summary"]["episodes"] == 6 and data["summary"]["success_rate"] == 1.0
+    assert data["summary"]["split"] == "test"
+    assert len(data["episodes"]) == 6
+    for record in data["episodes"]:
+        assert record["success"] and record["steps"] == record["final_info"]["success"] * record["steps"]
+        assert {"task", "episode_return", "steps", "final_info"} <= set(record)
+
+
+def test_random_policy_is_worse_than_oracle_on_the_same_tasks(tmp_path, corridor_id):
+    out = {}
+    for policy in ("random", "oracle"):
+        path = tmp_path / f"{policy}.json"
+        main(["eval", "--env", corridor_id, "--policy", policy, "-n", "20", "--json", str(path),
+              "--env-kwargs", "length=8"])
+        out[policy] = json.loads(path.read_text())
+    tasks = [r["task"] for r in out["oracle"]["episodes"]]
+    assert tasks == [r["task"] for r in out["random"]["episodes"]]
+    assert out["oracle"]["summary"]["mean_return"] > out["random"]["summary"]["mean_return"]
+
+
+def test_check_command_reports_pass(capsys, corridor_id):
+    assert main(["check", corridor_id]) == 0
+    out = capsys.readouterr().out
+    assert out.count("│ pass ") == 4
+
+
+def test_play_reads_typed_actions_undo_and_quit(corridor_cls):
+    env = corridor_cls(length=4)
+    out = io.StringIO()
+    script = io.StringIO("left\nu\nhop\no\nright\nright\nright\nq\n")
+    stats = play(env, seed=0, task=5, stream=script, out=out)
+    text = out.getvalue()
+    assert "(undone)" in text and "invalid:" in text and "oracle suggests: Right" in text
+    assert "solved!" in text and stats["successes"] == 1
