@@ -1,0 +1,35 @@
+"""Text rendering of 2048 boards, in ProAct's row format.
+
+Each row is ``[`` + the cells right-justified to width 5 and joined by spaces + ``]``, with ``.`` for an empty
+cell (``[    2    16     .    16]``), followed by a ``Score:`` line. Width 5 fits every tile up to 32768, the
+largest one the bitboard holds, so columns always line up.
+"""
+
+from __future__ import annotations
+
+CELL_WIDTH = 5
+EMPTY_CELL = "."
+#: Every character the text view can contain.
+TEXT_CHARSET: frozenset[str] = frozenset("0123456789.[] \nScore:")
+#: Longest score line the bound below allows for (the 4x4 score cannot pass 10 digits with tiles <= 32768).
+_SCORE_DIGITS = 10
+
+
+def render_rows(exponents: list[list[int]]) -> str:
+    """The board rows, one per line, from a nested list of exponents (0 = empty)."""
+    lines = []
+    for row in exponents:
+        cells = (str(1 << e) if e else EMPTY_CELL for e in row)
+        lines.append("[" + " ".join(cell.rjust(CELL_WIDTH) for cell in cells) + "]")
+    return "\n".join(lines)
+
+
+def render_text(exponents: list[list[int]], score: int) -> str:
+    """The per-step text view: the rows, then ``Score: N``."""
+    return f"{render_rows(exponents)}\nScore: {score}"
+
+
+def text_max_length(size: int) -> int:
+    """An upper bound on ``len(render_text(...))`` for a ``size`` x ``size`` board."""
+    row = 2 + size * CELL_WIDTH + (size - 1)
+    return size * (row + 1) + len("Score: ") + _SCORE_DIGITS
