@@ -1,4 +1,4 @@
-"""The ``agentgym`` command line: envs, describe, play, check, eval, train."""
+"""The ``agentgym`` command line: envs, describe, play, check, eval, replay, train."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import inspect
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -118,50 +119,90 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a policy and print (and optionally write) the results."""
     from agentgym.evaluation import evaluate, write_json
+    from agentgym.report import write_report
+    from agentgym.rollout import RolloutConfig
 
     registry.spec(args.env)  # fail on a bad name before the progress bar starts
-    registry.policy_spec(args.policy)
+    registry.policy_spec(args.policy.partition(":")[0] if ":" in args.policy else args.policy)
+    policy_kwargs = parse_kwargs(args.policy_kwargs, "--policy-kwargs")
+    if args.temperature is not None:
+        policy_kwargs["temperature"] = args.temperature
+    rollout = RolloutConfig(num_envs=args.num_envs, max_turns=args.max_turns)
+    out_dir = Path(args.out) if args.out else None
     columns = (TextColumn("[bold]eval[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("success {task.fields[succ]}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         bar = progress.add_task(f"{args.env} / {args.policy}", total=None, succ="-")
         wins = [0, 0]
 
-        def on_episode(record: Any) -> None:
-            wins[0] += record.success
+        def on_episode(trajectory: Any) -> None:
+            wins[0] += trajectory.success
             wins[1] += 1
             progress.update(bar, advance=1, succ=f"{wins[0]}/{wins[1]}")
 
-        summary, records = evaluate(
-            args.env, args.policy, episodes=args.episodes, split=args.split, seed=args.seed,
-            env_kwargs=parse_kwargs(args.env_kwargs), policy_kwargs=parse_kwargs(args.policy_kwargs, "--policy-kwargs"),
+        summary, trajectories = evaluate(
+            args.env, args.policy, episodes=args.episodes, split=args.split, k=args.k, seed=args.seed,
+            env_kwargs=parse_kwargs(args.env_kwargs), policy_kwargs=policy_kwargs, rollout=rollout,
+            trajectories_path=out_dir / "trajectories.jsonl" if out_dir else None,
             on_start=lambda n: progress.update(bar, total=n), on_episode=on_episode,
         )
-    _print_episodes(records)
+    _print_episodes(trajectories)
     lo, hi = summary.success_ci95
     console.print(
-        f"[bold]{summary.env_id}[/bold] policy={summary.policy} split={summary.split} episodes={summary.episodes}"
-        f"{' (interrupted)' if summary.interrupted else ''}\n"
-        f"success {summary.success_rate:.1%} (95% CI {lo:.1%}-{hi:.1%})  return {summary.mean_return:.2f} "
-        f"± {summary.std_return:.2f}  steps {summary.mean_steps:.1f}  invalid actions "
-        f"{summary.invalid_action_rate:.1%}  wall {summary.wall_s:.1f}s"
+        f"[bold]{summary.env_id}[/bold] policy={summary.policy} split={summary.split} tasks={summary.tasks} "
+        f"k={summary.k}{' (interrupted: partial results)' if summary.interrupted else ''}\n"
+        f"success {summary.success_rate:.1%} (95% CI {lo:.1%}-{hi:.1%})  pass@{summary.k} {summary.pass_at_k:.1%}  "
+        f"return {summary.mean_return:.2f} ± {summary.std_return:.2f}  steps {summary.mean_steps:.1f}  "
+        f"invalid actions {summary.invalid_action_rate:.1%}  tokens/episode {summary.mean_response_tokens:.0f}  "
+        f"wall {summary.wall_s:.1f}s"
     )
     if args.json:
-        write_json(args.json, summary, records)
+        write_json(args.json, summary, trajectories)
         console.print(f"wrote {args.json}")
+    if out_dir:
+        write_json(out_dir / "summary.json", summary, trajectories)
+        console.print(f"wrote {write_report(out_dir, summary, trajectories)}")
     return 130 if summary.interrupted else 0
 
 
-def _print_episodes(records: Sequence[Any], limit: int = 50) -> None:
-    table = Table(title="episodes" + (f" (first {limit})" if len(records) > limit else ""))
-    extra_keys = [k for k in ("moves", "pushes", "score", "max_tile") if records and k in records[0].final_info]
+def _print_episodes(trajectories: Sequence[Any], limit: int = 50) -> None:
+    table = Table(title="episodes" + (f" (first {limit})" if len(trajectories) > limit else ""))
+    infos = [t.turns[-1].info if t.turns else {} for t in trajectories]
+    extra_keys = [k for k in ("moves", "pushes", "score", "max_tile") if infos and k in infos[0]]
     for col in ("task", "difficulty", "success", "return", "steps", *extra_keys):
         table.add_column(col, justify="right")
-    for r in records[:limit]:
-        task = r.final_info.get("level_name", r.task)
-        table.add_row(str(task), str(r.difficulty), "yes" if r.success else "no", f"{r.episode_return:.2f}",
-                      str(r.steps), *[str(r.final_info.get(k)) for k in extra_keys])
+    for t, info in list(zip(trajectories, infos))[:limit]:
+        task = info.get("level_name", t.task)
+        table.add_row(str(task), str(t.difficulty), "yes" if t.success else "no", f"{t.episode_return:.2f}",
+                      str(t.steps), *[str(info.get(k)) for k in extra_keys])
     console.print(table)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Show a stored episode turn by turn."""
+    from agentgym.trajectory import read_trajectories
+
+    trajectories = list(read_trajectories(args.file))
+    if not trajectories:
+        raise AgentGymError(f"{args.file} holds no trajectories.")
+    if not 0 <= args.episode < len(trajectories):
+        raise AgentGymError(f"--episode {args.episode} is out of range; {args.file} holds episodes "
+                            f"0..{len(trajectories) - 1}.")
+    t = trajectories[args.episode]
+    console.rule(f"{t.env_id}  task {t.task}  seed {t.seed}  group {t.group}  policy {t.policy}")
+    for i, turn in enumerate(t.turns):
+        console.print(f"[bold]turn {i + 1}[/bold]", highlight=False)
+        if turn.observation is not None:
+            console.print(turn.observation, markup=False, highlight=False)
+        tokens = f" ({turn.response_tokens} tokens, {turn.finish_reason})" if turn.response_tokens else ""
+        console.print(f"[cyan]action{tokens}:[/cyan] {turn.action!r}", highlight=False)
+        note = "" if turn.action_valid else f"  [red]invalid: {turn.info.get('action_error', '')}[/red]"
+        console.print(f"reward {turn.reward:+.3f}{note}", highlight=False)
+    console.print(f"return {t.episode_return:+.3f}  success {t.success}  steps {t.steps}"
+                  f"{'  truncated' if t.truncated else ''}", highlight=False)
+    for warning in t.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -208,8 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of tasks (default: every task of a level file, else 20)")
     p.add_argument("--split", default=None, help="train/dev/test, or all for level files (default: test / all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=1, help="episodes per task with the same seed (pass@k, mean@k)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (LLM policies)")
+    p.add_argument("--num-envs", type=int, default=16, help="episodes run concurrently (the policy's batch)")
+    p.add_argument("--max-turns", type=int, default=None, help="per-episode turn budget")
     p.add_argument("--json", default=None, metavar="FILE", help="write the summary and per-episode records here")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write summary.json, trajectories.jsonl, report.md and plots here")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("replay", help="show a stored episode (a trajectories JSONL file) turn by turn")
+    p.add_argument("file", help="a trajectories.jsonl written by eval or train")
+    p.add_argument("--episode", type=int, default=0, help="index of the episode in the file")
+    p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("train", help="train a policy with a registered trainer")
     _add_env_args(p)

@@ -32,6 +32,11 @@ class Policy(Protocol):
     learned policies must not.
     """
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator) -> ActionBatch:
-        """Choose one action per observation."""
+    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
+            memories: Sequence[Any] | None = None) -> ActionBatch:
+        """Choose one action per observation.
+
+        ``memories`` are the per-episode objects returned by the policy's optional ``begin(env, obs, info)``
+        (an LLM policy's conversations); policies without ``begin`` receive None.
+        """
         ...

@@ -16,7 +16,8 @@ class RandomPolicy:
     def __init__(self, env: Any | None = None) -> None:
         del env  # the action space is read per call, so one instance serves envs of different sizes
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator) -> ActionBatch:
+    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
+            memories: Sequence[Any] | None = None) -> ActionBatch:
         """One uniform action per env."""
         actions = []
         for env in envs:
@@ -39,6 +40,7 @@ class OraclePolicy:
     def __init__(self, env: Any | None = None) -> None:
         del env
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator) -> ActionBatch:
+    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
+            memories: Sequence[Any] | None = None) -> ActionBatch:
         """The oracle's action for each env's current state."""
         return ActionBatch([env.unwrapped.oracle_action() for env in envs])

@@ -46,7 +46,7 @@ def test_eval_writes_summary_and_episode_records(tmp_path, corridor_id):
     assert data["summary"]["split"] == "test"
     assert len(data["episodes"]) == 6
     for record in data["episodes"]:
-        assert record["success"] and record["steps"] == record["final_info"]["success"] * record["steps"]
+        assert record["success"] and record["final_info"]["success"] and record["steps"] >= 1
         assert {"task", "episode_return", "steps", "final_info"} <= set(record)
 
 
