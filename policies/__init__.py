@@ -11,3 +11,8 @@ def register_policies() -> None:
     register_policy(
         "oracle", "policies.baselines:OraclePolicy", description="The env's expert (solver or search) via oracle_action()."
     )
+    llm = {"extra": "llm", "requires": ("torch", "transformers")}
+    register_policy("smollm2", "policies.llm:make_smollm2_policy",
+                    description="The embedded default LLM, SmolLM2-135M-Instruct, on the transformers backend.", **llm)
+    register_policy("hf", "policies.llm:make_hf_policy",
+                    description="Any local transformers model: hf:PATH (CPU or GPU; the trainable backend).", **llm)
