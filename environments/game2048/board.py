@@ -135,28 +135,36 @@ class BoardTables:
         nonzero = board | (board >> 1) | (board >> 2) | (board >> 3)
         return self.nibble_lsb ^ (nonzero & self.nibble_lsb)
 
-    def spawn(self, board: int, u: float) -> tuple[int, int]:
-        """Add a tile on an empty cell chosen by ``u`` in [0, 1); return the board and the new exponent.
+    def spawn(self, board: int, u: float) -> tuple[int, int, int]:
+        """Add a tile on an empty cell chosen by ``u`` in [0, 1).
 
         One uniform draw decides both the cell (its integer part after scaling by the empty count) and the
         value (its fractional part: a 4 below ``FOUR_PROBABILITY``), which keeps the hot path to one RNG call.
-        A full board is returned unchanged with exponent 0.
+
+        Returns:
+            The new board, the spawned exponent (1 or 2; 0 when the board was full and is returned unchanged)
+            and the number of empty cells left.
         """
         empty = self.empty_mask(board)
         n = empty.bit_count()
         if n == 0:
-            return board, 0
+            return board, 0, 0
         x = u * n
         k = int(x)
         exponent = 2 if x - k < FOUR_PROBABILITY else 1
         for _ in range(k):
             empty &= empty - 1  # drop the lowest empty cell until the k-th is lowest
-        return board | (exponent << ((empty & -empty).bit_length() - 1)), exponent
+        return board | (exponent << ((empty & -empty).bit_length() - 1)), exponent, n - 1
 
     def max_exponent(self, board: int) -> int:
         """The largest exponent on the board."""
         mask, table = self.row_mask, self.row_max
-        return max(table[(board >> s) & mask] for s in self.row_shifts)
+        top = 0
+        for s in self.row_shifts:
+            e = table[(board >> s) & mask]
+            if e > top:
+                top = e
+        return top
 
     def rows(self, board: int) -> list[int]:
         """The row integers of ``board``, top to bottom."""
@@ -165,9 +173,10 @@ class BoardTables:
 
     def onehot_planes(self, board: int) -> np.ndarray:
         """A fresh ``(NUM_PLANES, size, size)`` uint8 one-hot of the exponents."""
+        # take(mode="clip") skips the bounds check that makes fancy indexing twice as slow; rows are in range.
         if self.size == 4:  # 16-bit rows: the little-endian bytes of the board are the rows themselves
-            return self.onehot[:, np.frombuffer(board.to_bytes(8, "little"), dtype=np.uint16), :]
-        return self.onehot[:, self.rows(board), :]
+            return self.onehot.take(np.frombuffer(board.to_bytes(8, "little"), dtype=np.uint16), axis=1, mode="clip")
+        return self.onehot.take(self.rows(board), axis=1, mode="clip")
 
     # ------------------------------------------------------------------ helpers off the hot path
     def legal_actions(self, board: int) -> list[bool]:
@@ -193,11 +202,31 @@ class BoardTables:
             )
         return sum(int(e) << (4 * i) for i, e in enumerate(arr.ravel()))
 
-    def start_board(self, rng: np.random.Generator) -> int:
-        """A new game: two tiles on an empty board, placed like ordinary spawns."""
-        board, _ = self.spawn(0, rng.random())
-        board, _ = self.spawn(board, rng.random())
+    def start_board(self, seed: int) -> int:
+        """The start of a new game for a task seed: two tiles, placed like ordinary spawns.
+
+        The two uniforms come from splitmix64 seeded with ``seed`` rather than a numpy Generator, whose
+        construction would cost more than the rest of ``reset``.
+        """
+        u0, u1 = splitmix64_uniforms(seed, 2)
+        board, _, _ = self.spawn(0, u0)
+        board, _, _ = self.spawn(board, u1)
         return board
+
+
+def splitmix64_uniforms(seed: int, n: int) -> list[float]:
+    """``n`` uniforms in [0, 1) from the splitmix64 sequence seeded with ``seed`` (a standard 64-bit mixer)."""
+    mask = (1 << 64) - 1
+    state = seed & mask
+    out = []
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        out.append((z >> 11) * 2.0**-53)
+    return out
 
 
 @lru_cache(maxsize=None)

@@ -82,7 +82,7 @@ class Game2048Env(AgentEnv[Game2048State]):
     out-of-range index) is a no-op step with ``-invalid_action_penalty`` and ``info["action_valid"] = False``.
 
     ## Starting State
-    The task is an int seed that places the two starting tiles (through its own generator), so a task fixes
+    The task is an int seed that places the two starting tiles (through its own splitmix64 stream), so a task fixes
     the start board; the spawns during play come from ``self.np_random``, which ``reset(seed=...)`` seeds.
     Train/dev/test split the seeds by hash; note that there are only a few hundred distinct start boards, so
     held-out episodes differ mainly in their spawn sequences.
@@ -174,7 +174,7 @@ class Game2048Env(AgentEnv[Game2048State]):
         return self._score
 
     def _reset_task(self, task: Hashable) -> dict[str, Any]:
-        self._board = self._tables.start_board(np.random.default_rng(int(task)))  # type: ignore[arg-type]
+        self._board = self._tables.start_board(int(task))  # type: ignore[arg-type]
         self._score = 0
         self._steps = 0
         self._stuck = 0
@@ -196,7 +196,7 @@ class Game2048Env(AgentEnv[Game2048State]):
                 if top > self._max_exp:
                     self._max_exp = top
                     reached = top >= self._target_exponent and not self._success
-            new, spawned = t.spawn(new, self.np_random.random())
+            new, spawned, empty_left = t.spawn(new, self.np_random.random())
             if spawned > self._max_exp:
                 self._max_exp = spawned
             self._board = new
@@ -206,7 +206,7 @@ class Game2048Env(AgentEnv[Game2048State]):
                 self._success = True
                 terminated = self.terminate_on_target
             # A board with an empty cell always has a legal move, so the full check runs only on full boards.
-            if not t.empty_mask(new) and t.is_game_over(new):
+            if not empty_left and t.is_game_over(new):
                 terminated = True
         else:
             self._stuck += 1
