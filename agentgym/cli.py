@@ -49,7 +49,8 @@ def _add_env_args(parser: argparse.ArgumentParser, *, required: bool = True) -> 
 def cmd_envs(args: argparse.Namespace) -> int:
     """Table of registered envs."""
     table = Table(title="agentgym environments")
-    for col in ("id", "aliases", "views", "tags", "description"):
+    table.add_column("id", no_wrap=True)
+    for col in ("aliases", "views", "tags", "description"):
         table.add_column(col, overflow="fold")
     for s in registry.list_envs():
         aliases = ", ".join(a for a in s.aliases)

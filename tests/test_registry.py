@@ -69,7 +69,7 @@ def test_missing_extra_names_the_install_command():
 
 
 def test_every_env_is_reachable_through_gymnasium_make():
-    for env_spec in agentgym.list_envs():
+    for env_spec in [s for s in agentgym.list_envs() if not s.id.startswith("testns/")]:  # testns: broken on purpose
         env = gymnasium.make(env_spec.id)
         assert type(env.unwrapped) is type(agentgym.make(env_spec.id).unwrapped)
         env.close()
