@@ -1,0 +1,489 @@
+"""The Hugging Face transformers backend: batched, KV-cached sampling written out, plus what trainers need.
+
+``HFBackend.generate`` runs one sampling loop for a whole batch of token-id prompts (left-padded, with explicit
+position ids so padded rows see the same positions as unpadded ones). Rows that finish are dropped from the
+batch and its KV cache, so a long straggler does not pay for the short ones. Each step costs one forward pass,
+a few vectorised tensor ops over the vocabulary, and one device-to-host copy of three numbers per row.
+
+Guided decoding (``SamplingParams.choices``) lives in ``_ChoiceGuide``; ``sequence_logprobs`` re-scores
+sequences for trainers, with gradients when called under grad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from policies.llm.base import Generation, SamplingParams
+from policies.llm.model_files import DEFAULT_MODEL, downloads_allowed, resolve_model
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA adapter (peft) on top of the frozen model.
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter input during training.
+        target_modules: names of the linear layers that get adapters.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r={self.r} must be >= 1.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout={self.dropout} must be in [0, 1).")
+
+
+class HFBackend:
+    """An ``LLMBackend`` over a local transformers causal LM.
+
+    Attributes:
+        model: the ``torch`` module (a peft model when LoRA is on).
+        tokenizer: its tokenizer.
+        max_context: longest prompt + completion, in tokens.
+        device: where the model runs.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str | torch.dtype = "auto",
+                 lora: LoraSettings | None = None, max_context: int | None = None,
+                 allow_download: bool | None = None) -> None:
+        """Load a model by name (``"smollm2"``: the embedded default), local directory, or opt-in hub id.
+
+        Args:
+            model: ``"smollm2"``, a directory written by ``save_pretrained``, or a hub id (needs allow_download).
+            device: ``"auto"`` (cuda when available, else cpu) or a torch device string.
+            dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), a dtype name such as ``"float16"``, or a torch dtype.
+            lora: wrap the model with a fresh LoRA adapter.
+            max_context: override the model's ``max_position_embeddings``.
+            allow_download: allow fetching a hub id (None: read ``AGENTGYM_ALLOW_DOWNLOAD``).
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+        if dtype == "auto":
+            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        source = resolve_model(model, allow_download=allow_download)
+        offline = not downloads_allowed(allow_download)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline).to(dev)
+        self._setup(loaded, tokenizer, lora=lora, max_context=max_context)
+        #: What the weights were loaded from (the cache directory for the embedded model).
+        self.source = source
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, lora: LoraSettings | None = None,
+                   max_context: int | None = None) -> HFBackend:
+        """Wrap an already-built model (for example a tiny random one in tests); it stays on its device."""
+        backend = cls.__new__(cls)
+        backend._setup(model, tokenizer, lora=lora, max_context=max_context)
+        backend.source = None
+        return backend
+
+    def _setup(self, model: Any, tokenizer: Any, *, lora: LoraSettings | None, max_context: int | None) -> None:
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(model, config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_context = int(max_context or getattr(model.config, "max_position_embeddings", 2048))
+        eos = {tokenizer.eos_token_id}
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(generation_eos) if isinstance(generation_eos, (list, tuple)) else {generation_eos}
+        self.eos_token_ids = sorted(e for e in eos if e is not None)
+        self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
+        self._pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        self._token_strings: list[str] | None = None
+        self._guides: dict[tuple[Any, ...], _ChoiceGuide] = {}
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        """Sample one completion per prompt in one batched, KV-cached loop (see ``SamplingParams``).
+
+        Temperature 0 is greedy; its log-probs and entropies are then those of the unscaled (temperature 1)
+        distribution, after any masking, since a point mass would carry no information. With ``choices``, EOS
+        and stop strings cannot end the completion: it always ends with a choice (see ``_ChoiceGuide``).
+        """
+        if not prompts:
+            return []
+        longest = max(len(p) for p in prompts)
+        if min(len(p) for p in prompts) == 0 or longest + params.max_new_tokens > self.max_context:
+            raise ValueError(
+                f"Prompts must be non-empty and fit max_context={self.max_context} with max_new_tokens="
+                f"{params.max_new_tokens} (longest prompt: {longest} tokens); shorten the prompt or the reply cap.")
+        guide = self._guide(params) if params.choices else None
+        rows = [_Row(guide, self.tokenizer) for _ in prompts]
+        generator = torch.Generator(self.device)
+        generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                self._sample_loop(prompts, rows, params, guide, generator)
+        finally:
+            self.model.train(was_training)
+        return [row.result(self.tokenizer) for row in rows]
+
+    def _sample_loop(self, prompts: Sequence[Sequence[int]], rows: list[_Row], params: SamplingParams,
+                     guide: _ChoiceGuide | None, generator: torch.Generator) -> None:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width + params.max_new_tokens), dtype=torch.long)
+        for i, prompt in enumerate(prompts):  # left padding: every row's next token lands in the same column
+            ids[i, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions,
+                         use_cache=True, logits_to_keep=1)
+        cache, next_pos = out.past_key_values, positions[:, -1] + 1
+        active = list(range(len(rows)))
+        for step in range(params.max_new_tokens):
+            tokens = self._next_tokens(out.logits[:, -1].float(), [rows[i] for i in active], params, generator)
+            keep = [j for j, i in enumerate(active) if rows[i].finish is None]
+            if not keep:
+                return
+            if len(keep) < len(active):  # drop finished rows from the batch and the KV cache
+                index = torch.tensor(keep, device=self.device)
+                cache.reorder_cache(index)
+                tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
+                active = [active[j] for j in keep]
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1],
+                             position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            next_pos = next_pos + 1
+
+    def _next_tokens(self, logits: torch.Tensor, rows: list[_Row], params: SamplingParams,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Choose each active row's next token, record it on the row, and return the tokens [b]."""
+        scaled = logits / params.temperature if params.temperature > 0 else logits
+        full = torch.log_softmax(scaled, dim=-1)
+        entropy = -(full.exp() * full).sum(-1)  # of the temperature-scaled distribution, before any truncation
+        forced: dict[int, int] = {}
+        for j, row in enumerate(rows):
+            rule = row.constraint(params.max_new_tokens) if row.guide is not None else None
+            if isinstance(rule, int):
+                forced[j] = rule
+            elif rule is not None and rule.dtype == torch.long:  # banned ids
+                scaled[j, rule] = _NEG_INF
+            elif rule is not None:  # additive 0 / -inf mask over the vocabulary
+                scaled[j] += rule
+        scaled = _truncate(scaled, params.top_k, params.top_p)
+        logprobs = torch.log_softmax(scaled, dim=-1)
+        if params.temperature == 0:
+            chosen = scaled.argmax(-1)
+        else:
+            chosen = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+        if forced:
+            where = torch.tensor(list(forced), device=chosen.device)
+            chosen[where] = torch.tensor(list(forced.values()), device=chosen.device)
+        picked = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+        # One host copy per step (a device sync point); everything else stays on the device.
+        stats = torch.stack([chosen.to(picked.dtype), picked, entropy]).tolist()
+        for j, row in enumerate(rows):
+            token = int(stats[0][j])
+            row.add(token, 0.0 if j in forced else stats[1][j], stats[2][j])
+            self._update_finish(row, params)
+        return chosen
+
+    def _update_finish(self, row: _Row, params: SamplingParams) -> None:
+        token = row.tokens[-1]
+        if row.guide is not None:
+            row.advance()
+        elif token in self.eos_token_ids:
+            row.finish = "eos"
+        elif params.stop and _tail_contains(self.tokenizer, row.tokens, params.stop):
+            row.finish = "stop"
+        if row.finish is None and len(row.tokens) >= params.max_new_tokens:
+            row.finish = "length"
+
+    def _guide(self, params: SamplingParams) -> _ChoiceGuide:
+        key = (params.choices, params.choice_prefix, params.choice_suffix, params.max_new_tokens)
+        if key not in self._guides:
+            if self._token_strings is None:
+                self._token_strings = _token_strings(self.tokenizer)
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._guides[key] = _ChoiceGuide(self._token_strings, self.tokenizer, params, vocab, self._eos)
+        return self._guides[key]
+
+    # ------------------------------------------------------------------ training support
+    def sequence_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
+                          chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob and entropy of each next token under the current parameters (with grad under grad).
+
+        Only the decoder runs on the whole sequence; the vocabulary projection and softmax run ``chunk``
+        positions at a time, recomputed in the backward pass (activation checkpointing), so the fp32
+        ``[B, T, vocab]`` logits never exist at once. Works for left- or right-padded batches.
+
+        Args:
+            input_ids: ``[B, T]`` token ids.
+            attention_mask: ``[B, T]``, 1 on real tokens.
+            temperature: the logits are divided by it (use the sampling temperature; 0 is treated as 1).
+            chunk: positions per vocabulary-projection chunk.
+
+        Returns:
+            ``(logprobs, entropies)``, each ``[B, T-1]``: position t scores token t+1; padded positions are junk
+            and must be masked by the caller.
+        """
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        head = base.get_output_embeddings()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                                    use_cache=False).last_hidden_state[:, :-1]
+        targets = input_ids[:, 1:]
+        scale = 1.0 / temperature if temperature > 0 else 1.0
+
+        def score(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = head(h).float() * scale
+            norm = torch.logsumexp(logits, dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+            return logits.gather(-1, t[..., None]).squeeze(-1) - norm, norm - (probs * logits).sum(-1)
+
+        parts = []
+        for start in range(0, hidden.shape[1], chunk):
+            h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
+            parts.append(checkpoint(score, h, t, use_reentrant=False) if torch.is_grad_enabled() else score(h, t))
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters an optimizer should update (only the adapter's when LoRA is on)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save(self, path: str | Path) -> None:
+        """Save the LoRA adapter (when LoRA is on) or the whole model, plus the tokenizer, to a directory."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Replace any LoRA adapter with the one saved at ``path`` by ``save``; it stays trainable."""
+        from peft import PeftModel
+
+        base = self.model.unload() if hasattr(self.model, "unload") else self.model
+        self.model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+
+
+def _truncate(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then top-p (nucleus) truncation of ``[b, vocab]`` scores; removed entries become -inf."""
+    if 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, _NEG_INF)
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), _NEG_INF)
+    return scores
+
+
+def _tail_contains(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> bool:
+    """Whether the decoded last few tokens contain a stop string (only the tail is decoded, for speed).
+
+    A stop string of n characters spans at most 4n tokens (byte-level BPE may split a character into up to four
+    byte tokens), and an earlier occurrence would already have ended the row.
+    """
+    window = 4 * max(len(s) for s in stops) + 1
+    text = tokenizer.decode(tokens[-window:], skip_special_tokens=False)
+    return any(s in text for s in stops)
+
+
+
+
+def _token_strings(tokenizer: Any) -> list[str]:
+    """The text each token id adds when it follows ordinary text ("" for special tokens).
+
+    Each id is decoded after an anchor token and the anchor's text is cut off, because tokenizers such as
+    SentencePiece drop a token's leading space when it is decoded alone. One batched decode of the whole
+    vocabulary (about a second), done once per backend and only when guided decoding is used.
+    """
+    anchor = tokenizer.encode("a", add_special_tokens=False)[-1]
+    head = len(tokenizer.decode([anchor]))
+    texts = tokenizer.batch_decode([[anchor, i] for i in range(len(tokenizer))], skip_special_tokens=False)
+    special = set(tokenizer.all_special_ids)
+    return ["" if i in special else text[head:] for i, text in enumerate(texts)]
+
+
+class _ChoiceGuide:
+    """Guided decoding for one (choices, prefix, suffix, max_new_tokens) setting; shared by all rows.
+
+    A row generates freely until its output contains ``choice_prefix``, then every token must keep the text
+    after the prefix a prefix of some choice: a token is allowed when its text, appended, still spells the
+    beginning of a choice (any tokenization, not only the canonical one). When the text equals a choice the
+    suffix tokens are forced (log-prob 0) and the row finishes with ``"choice"``. Guarantees that every
+    completion ends with prefix + choice + suffix:
+
+    * in the free part, EOS is banned and stop strings are ignored, and so are tokens that would complete the
+      prefix and run on into text that matches no choice (the ``banned`` sets, per length of prefix matched);
+    * when only ``reserve`` tokens are left (prefix + the longest choice in its fewest tokens + suffix), the
+      prefix is forced; inside the choice, tokens that could no longer finish in the budget are masked.
+
+    When a choice is a prefix of another (``"Up"``, ``"Upper"``), the shorter one ends the row as soon as it
+    is spelled, so the longer can never be chosen.
+    """
+
+    def __init__(self, strings: list[str], tokenizer: Any, params: SamplingParams, vocab: int,
+                 eos: torch.Tensor) -> None:
+        self.strings, self.vocab, self.eos = strings, vocab, eos
+        self.prefix, self.choices = params.choice_prefix, tuple(params.choices or ())
+        self.by_text: dict[str, list[int]] = {}
+        for i, text in enumerate(strings):
+            if text:
+                self.by_text.setdefault(text, []).append(i)
+        self._longest = max(len(t) for t in self.by_text)
+        self._costs: dict[str, float] = {"": 0}
+        self.prefix_ids = tokenizer.encode(self.prefix, add_special_tokens=False) if self.prefix else []
+        self.suffix_ids = tokenizer.encode(params.choice_suffix, add_special_tokens=False)
+        unspellable = [c for c in self.choices if self.cost(c) == float("inf")]
+        if unspellable:
+            raise ValueError(f"Choices {unspellable} cannot be spelled with this tokenizer's tokens; use plain text.")
+        self.reserve = len(self.prefix_ids) + int(max(self.cost(c) for c in self.choices)) + len(self.suffix_ids)
+        if self.reserve > params.max_new_tokens:
+            raise ValueError(
+                f"max_new_tokens={params.max_new_tokens} cannot hold the prefix, the longest choice and the suffix "
+                f"({self.reserve} tokens); raise max_new_tokens.")
+        self._allowed: dict[tuple[str, int], int | torch.Tensor] = {}
+        self._banned: dict[int, torch.Tensor] = {}
+
+    def cost(self, text: str) -> float:
+        """Fewest tokens that spell ``text`` exactly (inf when impossible); memoised."""
+        if text not in self._costs:
+            self._costs[text] = min((1 + self.cost(text[n:]) for n in range(1, min(len(text), self._longest) + 1)
+                                     if text[:n] in self.by_text), default=float("inf"))
+        return self._costs[text]
+
+    def consistent(self, text: str) -> bool:
+        """Whether ``text`` (after the prefix) begins some choice."""
+        return any(c.startswith(text) for c in self.choices)
+
+    def matched(self, tail: str) -> int:
+        """How many leading characters of the prefix the text ends with (a proper prefix only)."""
+        return next((k for k in range(len(self.prefix) - 1, 0, -1) if tail.endswith(self.prefix[:k])), 0)
+
+    def allowed(self, text: str, budget: int) -> int | torch.Tensor:
+        """The forced token, or an additive mask, for the next token of a choice after ``text``.
+
+        ``budget`` is how many tokens the choice may still use; tokens after which no choice can be finished
+        in time are excluded (unless that would exclude everything).
+        """
+        key = (text, min(budget, self.reserve + 1))
+        if key not in self._allowed:
+            fits, spells = set(), set()
+            for choice in (c for c in self.choices if c.startswith(text) and c != text):
+                rest = choice[len(text):]
+                for n in range(1, min(len(rest), self._longest) + 1):
+                    ids = self.by_text.get(rest[:n], ())
+                    spells.update(ids)
+                    if self.cost(rest[n:]) <= budget - 1:
+                        fits.update(ids)
+            ids = sorted(fits or spells)
+            if len(ids) == 1:
+                self._allowed[key] = ids[0]
+            else:
+                mask = torch.full((self.vocab,), _NEG_INF, device=self.eos.device)
+                mask[torch.tensor(ids, device=mask.device)] = 0.0
+                self._allowed[key] = mask
+        return self._allowed[key]
+
+    def banned(self, matched: int) -> torch.Tensor:
+        """Ids banned in the free part when the output ends with ``matched`` characters of the prefix.
+
+        That is EOS, and the tokens that would complete the prefix and run on into text that begins no choice.
+        """
+        if matched not in self._banned:
+            head, ids = self.prefix[:matched], self.eos.tolist()
+            for i, text in enumerate(self.strings):
+                at = (head + text).find(self.prefix) if text else -1
+                if at >= 0 and not self.consistent((head + text)[at + len(self.prefix):]):
+                    ids.append(i)
+            self._banned[matched] = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.eos.device)
+        return self._banned[matched]
+
+
+class _Row:
+    """One completion being generated: its tokens, statistics, and guided-decoding state."""
+
+    def __init__(self, guide: _ChoiceGuide | None, tokenizer: Any) -> None:
+        self.guide, self.tokenizer = guide, tokenizer
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.entropies: list[float] = []
+        self.finish: str | None = None
+        self.choosing = guide is not None and not guide.prefix  # inside the constrained part
+        self.text = ""  # the choice text spelled so far
+        self.choice: str | None = None
+        self.queue: list[int] = []  # forced tokens still to emit (the prefix, or the suffix)
+        self.matched = 0  # characters of the prefix the free output ends with
+
+    def add(self, token: int, logprob: float, entropy: float) -> None:
+        """Record a chosen token."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.entropies.append(entropy)
+
+    def constraint(self, max_new_tokens: int) -> int | torch.Tensor:
+        """What guided decoding imposes on the next token: a forced id, banned ids, or an additive mask."""
+        guide = self.guide
+        assert guide is not None  # only called on guided rows
+        remaining = max_new_tokens - len(self.tokens)
+        if self.queue:
+            return self.queue[0]
+        if self.choosing:
+            return guide.allowed(self.text, remaining - len(guide.suffix_ids))
+        if remaining <= guide.reserve:
+            self.queue = list(guide.prefix_ids)
+            return self.queue[0]
+        return guide.banned(self.matched)
+
+    def advance(self) -> None:
+        """Update the guided state after a token was added."""
+        guide = self.guide
+        assert guide is not None
+        token = self.tokens[-1]
+        if self.queue:
+            self.queue.pop(0)
+            if not self.queue:
+                self.choosing, self.finish = (True, None) if self.choice is None else (False, "choice")
+        elif self.choosing:
+            self._spell(self.text + guide.strings[token])
+        else:
+            tail = self.tokenizer.decode(self.tokens[-(4 * len(guide.prefix) + 1):], skip_special_tokens=False)
+            at = tail.rfind(guide.prefix)
+            if at >= 0 and guide.consistent(tail[at + len(guide.prefix):]):
+                self.choosing = True
+                self._spell(tail[at + len(guide.prefix):])
+            else:
+                self.matched = guide.matched(tail)
+
+    def _spell(self, text: str) -> None:
+        self.text = text
+        if text in self.guide.choices:
+            self.choice, self.choosing, self.queue = text, False, list(self.guide.suffix_ids)
+            if not self.queue:
+                self.finish = "choice"
+
+    def result(self, tokenizer: Any) -> Generation:
+        """The finished completion."""
+        return Generation(
+            token_ids=self.tokens, logprobs=self.logprobs, entropies=self.entropies,
+            text=tokenizer.decode(self.tokens, skip_special_tokens=True), finish_reason=self.finish or "length",
+            constrained=self.guide is not None, info={"choice": self.choice} if self.guide is not None else {},
+        )
