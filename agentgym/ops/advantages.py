@@ -233,7 +233,8 @@ def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float 
     Args:
         values: Any shape, e.g. ``[B, T]`` returns.
         mask: Same shape, 1 at positions that count.
-        shift_mean: Subtract the mean. ``False`` only divides by the std (the mean's sign and size survive).
+        shift_mean: Subtract the mean. ``False`` only divides by the std (the mean's sign and size survive);
+            a constant input then has zero variance and is scaled by ``1/sqrt(eps)``, so keep the default there.
         eps: Added to the variance.
 
     Returns:
