@@ -176,23 +176,29 @@ class HFBackend:
                      generator: torch.Generator) -> torch.Tensor:
         """Choose each active row's next token, record it on the row, and return the tokens [b]."""
         scaled = logits / params.temperature if params.temperature > 0 else logits
-        full = torch.log_softmax(scaled, dim=-1)
-        entropy = -(full.exp() * full).sum(-1)  # of the temperature-scaled distribution, before any truncation
+        logprobs = torch.log_softmax(scaled, dim=-1)
+        probs = logprobs.exp()
+        entropy = -(probs * logprobs).sum(-1)  # of the temperature-scaled distribution, before any truncation
         forced: dict[int, int] = {}
+        masked = False
         for j, row in enumerate(rows):
             rule = row.constraint(params.max_new_tokens) if row.guide is not None else None
             if isinstance(rule, int):
                 forced[j] = rule
-            elif rule is not None and rule.dtype == torch.long:  # banned ids
-                scaled[j, rule] = _NEG_INF
-            elif rule is not None:  # additive 0 / -inf mask over the vocabulary
-                scaled[j] += rule
-        scaled = _truncate(scaled, params.top_k, params.top_p)
-        logprobs = torch.log_softmax(scaled, dim=-1)
+            elif rule is not None:
+                masked = True
+                if rule.dtype == torch.long:  # banned ids
+                    scaled[j, rule] = _NEG_INF
+                else:  # additive 0 / -inf mask over the vocabulary
+                    scaled[j] += rule
+        if masked or params.top_k > 0 or params.top_p < 1.0:  # renormalise over what is left
+            scaled = _truncate(scaled, params.top_k, params.top_p)
+            logprobs = torch.log_softmax(scaled, dim=-1)
+            probs = logprobs.exp()
         if params.temperature == 0:
             chosen = scaled.argmax(-1)
         else:
-            chosen = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+            chosen = _sample(probs, generator)
         if forced:
             where = torch.tensor(list(forced), device=chosen.device)
             chosen[where] = torch.tensor(list(forced.values()), device=chosen.device)
@@ -293,6 +299,18 @@ def _truncate(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         drop = (probs.cumsum(-1) - probs) >= top_p
         scores = scores.masked_fill(drop.scatter(-1, order, drop), _NEG_INF)
     return scores
+
+
+def _sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of ``[b, vocab]`` probabilities by inverting the CDF.
+
+    Needs one uniform number per row, where ``torch.multinomial`` or an exponential race draw a vocabulary's
+    worth; on a CPU this is about 20x faster for a 49k vocabulary. ``right=True`` never picks a zero-probability
+    token (its cumulative sum equals its predecessor's); the fp32 cumsum biases draws by about 1e-7 at most.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _tail_contains(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> bool:
