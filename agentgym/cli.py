@@ -173,7 +173,7 @@ def _print_episodes(trajectories: Sequence[Any], limit: int = 50) -> None:
     for col in ("task", "difficulty", "success", "return", "steps", *extra_keys):
         table.add_column(col, justify="right")
     for t, info in list(zip(trajectories, infos))[:limit]:
-        task = info.get("level_name", t.task)
+        task = f"{t.task} {t.task_name}" if t.task_name else t.task
         table.add_row(str(task), str(t.difficulty), "yes" if t.success else "no", f"{t.episode_return:.2f}",
                       str(t.steps), *[str(info.get(k)) for k in extra_keys])
     console.print(table)

@@ -182,7 +182,7 @@ def evaluate(
 def episode_record(t: Trajectory) -> dict[str, Any]:
     """The compact per-episode record of ``--json``: task, return, steps, success and the final info."""
     return {
-        "task": t.task, "seed": t.seed, "group": t.group, "split": t.split, "difficulty": t.difficulty,
+        "task": t.task, "task_name": t.task_name, "seed": t.seed, "group": t.group, "split": t.split, "difficulty": t.difficulty,
         "episode_return": t.episode_return, "steps": t.steps, "success": t.success,
         "invalid_actions": t.invalid_actions, "response_tokens": t.response_tokens, "wall_s": t.wall_s,
         "final_info": t.turns[-1].info if t.turns else {}, "warnings": t.warnings,

@@ -136,9 +136,10 @@ class RolloutEngine:
         env = self._env(slot)
         obs, info = env.reset(seed=seed, options={"task": task})
         memory = self.policy.begin(env, obs, info) if hasattr(self.policy, "begin") else None
+        names = getattr(env.unwrapped.task_set, "names", None)  # finite task sets (level files) name their tasks
         trajectory = Trajectory(env_id=self.env_id, task=to_jsonable(task), seed=seed, group=group,
                                 split=str(info.get("split", "")), difficulty=info.get("difficulty"),
-                                policy=self.policy_name)
+                                task_name=names[int(task)] if names else None, policy=self.policy_name)
         return _Episode(env, trajectory, obs, memory, time.perf_counter())
 
     def _turn(self, live: dict[int, _Episode], rng: np.random.Generator) -> list[int]:

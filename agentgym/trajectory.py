@@ -76,6 +76,7 @@ class Trajectory:
     group: int
     split: str
     difficulty: str | None = None
+    task_name: str | None = None
     policy: str = ""
     turns: list[Turn] = field(default_factory=list)
     episode_return: float = 0.0
