@@ -11,7 +11,7 @@ play reaches in practice (it takes tens of thousands of moves); on smaller board
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -97,9 +97,7 @@ class BoardTables:
         self.up = [self.spread_column(r) for r in left]
         self.down = [self.spread_column(r) for r in right]
         exps = (np.arange(n_rows)[:, None] >> (4 * np.arange(size))[None, :]) & 0xF  # (rows, size)
-        self.onehot = np.ascontiguousarray(
-            (exps[None, :, :] == np.arange(NUM_PLANES)[:, None, None]).astype(np.uint8)
-        )
+        self.onehot = np.ascontiguousarray((exps[None, :, :] == np.arange(NUM_PLANES)[:, None, None]).astype(np.uint8))
         self.left_np = np.asarray(left, dtype=np.uint16)
         self.right_np = np.asarray(right, dtype=np.uint16)
         self.score_np = np.asarray(score, dtype=np.float64)
@@ -229,7 +227,7 @@ def splitmix64_uniforms(seed: int, n: int) -> list[float]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def tables(size: int) -> BoardTables:
     """The shared ``BoardTables`` of a board size."""
     return BoardTables(size)

@@ -14,7 +14,7 @@ from agentgym.env import AgentEnv
 from agentgym.errors import StateError
 from agentgym.tasks import SeedTasks, TaskSet
 from environments.game2048.board import ACTION_NAMES, MAX_EXPONENT, NUM_PLANES, SUPPORTED_SIZES, tables
-from environments.game2048.render import TEXT_CHARSET, render_text, text_max_length
+from environments.game2048.render import TEXT_CHARSET, render_board, text_max_length
 
 if TYPE_CHECKING:
     from environments.game2048.oracle import Expectimax
@@ -229,7 +229,7 @@ class Game2048Env(AgentEnv[Game2048State]):
 
     def text_observation(self) -> str:
         """The board in ProAct's row format, then the score."""
-        return render_text(self._tables.to_exponents(self._board).tolist(), self._score)
+        return render_board(self._board, self.size, self._score)
 
     def instructions(self) -> str:
         """The rules and the answer format."""
@@ -272,8 +272,15 @@ class Game2048Env(AgentEnv[Game2048State]):
     def get_state(self) -> Game2048State:
         """A picklable snapshot (board, counters, RNG); ``set_state`` continues exactly from it."""
         return Game2048State(
-            size=self.size, board=self._board, score=self._score, steps=self._steps, stuck_steps=self._stuck,
-            max_exponent=self._max_exp, success=self._success, task=self.task, rng=self._rng_state(),
+            size=self.size,
+            board=self._board,
+            score=self._score,
+            steps=self._steps,
+            stuck_steps=self._stuck,
+            max_exponent=self._max_exp,
+            success=self._success,
+            task=self.task,
+            rng=self._rng_state(),
         )
 
     def set_state(self, state: Game2048State) -> None:
@@ -304,7 +311,11 @@ class Game2048Env(AgentEnv[Game2048State]):
         return self._expectimax().best_action(self._board)
 
     def oracle_move_values(self, depth: int | None = None) -> np.ndarray:
-        """Expectimax value of every action (Up, Right, Down, Left); ``-inf`` marks moves that change nothing."""
+        """Expectimax value of every action (Up, Right, Down, Left); ``-inf`` marks moves that change nothing.
+
+        Values are expected heuristic scores of the position ``depth`` spawns ahead (see ``oracle.py``), not game
+        points: compare them across the moves of one board (argmax, softmax targets), not across boards.
+        """
         return self._expectimax().move_values(self._board, depth)
 
     def _expectimax(self) -> Expectimax:
@@ -319,8 +330,11 @@ def _validate(
 ) -> None:
     if size not in SUPPORTED_SIZES:
         raise ValueError(f"size={size!r} is not supported; the bitboard handles boards of side {SUPPORTED_SIZES}.")
-    if not isinstance(target_tile, int) or target_tile < 8 or target_tile > 1 << MAX_EXPONENT or (
-        target_tile & (target_tile - 1)
+    if (
+        not isinstance(target_tile, int)
+        or target_tile < 8
+        or target_tile > 1 << MAX_EXPONENT
+        or (target_tile & (target_tile - 1))
     ):
         raise ValueError(
             f"target_tile={target_tile!r} must be a power of two from 8 to {1 << MAX_EXPONENT} (a tile that can "

@@ -17,7 +17,7 @@ function of the board, shares work between move orders that reach the same posit
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numba as nb
 import numpy as np
@@ -50,8 +50,11 @@ def heuristic_table(t: BoardTables) -> np.ndarray:
     mono_right = np.where(drop < 0, -drop, 0.0).sum(axis=1)
     tile_sum = (exps**HEUR_SUM_POWER).sum(axis=1)
     return (
-        HEUR_LOST + HEUR_EMPTY * empty + HEUR_MERGES * merges
-        - HEUR_MONOTONICITY * np.minimum(mono_left, mono_right) - HEUR_SUM * tile_sum
+        HEUR_LOST
+        + HEUR_EMPTY * empty
+        + HEUR_MERGES * merges
+        - HEUR_MONOTONICITY * np.minimum(mono_left, mono_right)
+        - HEUR_SUM * tile_sum
     )
 
 
@@ -181,8 +184,16 @@ class Expectimax:
         d = self.depth_for(board) if depth is None else depth
         t = self.tables
         return _move_values(
-            np.uint64(board), d, self.size, t.left_np, t.right_np, self._htab,
-            self._keys, self._vals, self._depths, self.prob_cutoff,
+            np.uint64(board),
+            d,
+            self.size,
+            t.left_np,
+            t.right_np,
+            self._htab,
+            self._keys,
+            self._vals,
+            self._depths,
+            self.prob_cutoff,
         )
 
     def best_action(self, board: int, depth: int | None = None) -> int | None:
@@ -192,7 +203,7 @@ class Expectimax:
         return None if values[best] == -np.inf else best
 
 
-@lru_cache(maxsize=None)
+@cache
 def expectimax(size: int) -> Expectimax:
     """A shared adaptive-depth ``Expectimax`` for a board size (the env's ``oracle_action`` uses it)."""
     return Expectimax(size)

@@ -181,10 +181,20 @@ def test_unknown_env_id_and_bad_arguments_name_the_fix() -> None:
 @pytest.mark.parametrize(
     ("text", "action"),
     [
-        ("left", LEFT), ("UP", UP), ("<answer>Down</answer>", DOWN), ("thought: merge them\nmove: right", RIGHT),
-        ("action: Left", LEFT), ("Move: **up**", UP), ("I will go left.", LEFT), ("r", RIGHT), ("↓", DOWN),
-        ("<answer>up</answer> wait, <answer>left</answer>", LEFT), ("left or right?", None), ("upper", None),
-        ("no idea", None), ("", None),
+        ("left", LEFT),
+        ("UP", UP),
+        ("<answer>Down</answer>", DOWN),
+        ("thought: merge them\nmove: right", RIGHT),
+        ("action: Left", LEFT),
+        ("Move: **up**", UP),
+        ("I will go left.", LEFT),
+        ("r", RIGHT),
+        ("↓", DOWN),
+        ("<answer>up</answer> wait, <answer>left</answer>", LEFT),
+        ("left or right?", None),
+        ("upper", None),
+        ("no idea", None),
+        ("", None),
     ],
 )
 def test_parse_action(text: str, action: int | None) -> None:
@@ -229,7 +239,10 @@ def test_golden_text_for_task_0() -> None:
         "Score: 4"
     )
     small = agentgym.make("2048-3x3", obs_mode="text")
-    assert small.reset(seed=0, options={"task": 0})[0] == "[    .     .     .]\n[    2     .     .]\n[    .     2     .]\nScore: 0"
+    assert (
+        small.reset(seed=0, options={"task": 0})[0]
+        == "[    .     .     .]\n[    2     .     .]\n[    .     2     .]\nScore: 0"
+    )
 
 
 # ---------------------------------------------------------------------- episode end and state
@@ -239,8 +252,9 @@ def test_target_tile_success_and_optional_termination() -> None:
     assert info["success"] and not terminated
     *_, info = env.step(RIGHT)
     assert info["success"]  # stays True
-    env = env_with_board([[4, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], target_tile=8,
-                         terminate_on_target=True)
+    env = env_with_board(
+        [[4, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], target_tile=8, terminate_on_target=True
+    )
     *_, terminated, _, info = env.step(LEFT)
     assert info["success"] and terminated
 
