@@ -363,9 +363,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="requests per generate call (1: no batching)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for company")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request has none")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     args = parser.parse_args(argv)
     from policies.llm.hf import HFBackend  # torch loads only when a server really starts
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a shared CPU, fewer threads than cores avoids spin-wait stalls
 
     backend_kwargs = {k: v for k, v in (("device", args.device), ("max_context", args.max_context)) if v is not None}
     backend = HFBackend(args.model, **backend_kwargs)

