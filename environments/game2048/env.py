@@ -211,6 +211,8 @@ class Game2048Env(AgentEnv[Game2048State]):
         else:
             self._stuck += 1
             reward = 0.0 if action is None else -self.illegal_move_penalty
+            # Stepping on after game over (undefined in gymnasium) keeps reporting the end instead of playing on.
+            terminated = not t.empty_mask(board) and t.is_game_over(board)
         truncated = (self.max_stuck_steps is not None and self._stuck >= self.max_stuck_steps) or (
             self.max_steps is not None and self._steps >= self.max_steps
         )

@@ -221,6 +221,8 @@ def test_views_agree_with_the_board_through_an_episode(env_id: str) -> None:
         if terminated:
             assert not env.unwrapped.legal_action_mask().any()
             assert np.count_nonzero(env.unwrapped.board) == size * size
+            for after_end in (0, "left", "junk", 9):  # stepping on past the end neither crashes nor revives it
+                assert env.step(after_end)[2] is True
         if terminated or truncated:
             obs, _ = env.reset()
 
