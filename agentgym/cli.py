@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -207,10 +208,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a policy with a registered trainer."""
-    registry.spec(args.env)
-    trainer = registry.trainer_spec(args.trainer).load()
-    return int(trainer.main(args) or 0)
+    """Train a policy with a registered trainer; ``--help`` with ``--trainer`` lists its config."""
+    from agentgym.training import print_config_help, train
+
+    if args.help:
+        if args.trainer is None:
+            args.parser.print_help()
+            return 0
+        print_config_help(console, args.trainer)
+        return 0
+    if args.resume is None and (args.env is None or args.trainer is None):
+        raise AgentGymError("agentgym train needs --env ENV and --trainer NAME (or --resume RUN_DIR); "
+                            "e.g. agentgym train --env sokoban --trainer loop")
+    return train(console, env=args.env, trainer=args.trainer, overrides=args.set, config_file=args.config,
+                 out=args.out, resume=args.resume, env_kwargs=parse_kwargs(args.env_kwargs))
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -264,10 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, default=0, help="index of the episode in the file")
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("train", help="train a policy with a registered trainer")
-    _add_env_args(p)
-    p.add_argument("--trainer", "-t", required=True, help="registered trainer name")
-    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("train", help="train a policy with a registered trainer", add_help=False)
+    p.add_argument("--env", "-e", default=None, help="env id or alias (see `agentgym envs`)")
+    p.add_argument("--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[],
+                   help="keyword arguments passed to the env's constructor")
+    p.add_argument("--trainer", "-t", default=None, help="registered trainer name (loop, grpo, rloo, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set lr=1e-5 --set policy.temperature=0.7 (repeatable)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="config values from a YAML file")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/ENV-TRAINER-TIME)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("-h", "--help", action="store_true", help="with --trainer: list every config field")
+    p.set_defaults(fn=cmd_train, parser=p)
     return parser
 
 
@@ -277,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except AgentGymError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -50,17 +50,27 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted name, type, default, doc) for every field, recursing into nested dataclasses."""
+def describe_fields(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, doc) for every field, recursing into nested dataclasses.
+
+    ``defaults`` is an instance whose values are the defaults to show (a nested section's default may differ from
+    its class's own defaults, e.g. LOOP's policy section turns LoRA on).
+    """
     rows = []
     docs, hints = field_docs(cls), _hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
         if dataclasses.is_dataclass(hint):
-            rows += describe_fields(hint, f"{prefix}{f.name}.")
+            rows += describe_fields(hint, f"{prefix}{f.name}.", default if default != "(required)" else None)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         rows.append((prefix + f.name, _type_name(hint), repr(default), docs.get(f.name, "")))
     return rows
 

@@ -124,32 +124,42 @@ def summarize(env_id: str, policy: str, split: str, k: int, trajectories: list[T
     )
 
 
-def evaluate(
+def evaluate(env_id: str, policy: str = "random", *, policy_kwargs: dict[str, Any] | None = None,
+             env_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> tuple[EvalSummary, list[Trajectory]]:
+    """Evaluate a registered policy by name (``random``, ``oracle``, ``smollm2``, ``hf:PATH``, ...).
+
+    Builds the policy with ``policy_kwargs`` and calls ``evaluate_policy`` (see there for the other arguments).
+    """
+    agent = build_policy(policy, make(env_id, **(env_kwargs or {})), **(policy_kwargs or {}))
+    return evaluate_policy(env_id, agent, policy_name=policy, env_kwargs=env_kwargs, **kwargs)
+
+
+def evaluate_policy(
     env_id: str,
-    policy: str = "random",
+    agent: Any,
     *,
+    policy_name: str = "policy",
     episodes: int | None = None,
     split: str | None = None,
     k: int = 1,
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
-    policy_kwargs: dict[str, Any] | None = None,
     rollout: RolloutConfig | None = None,
     trajectories_path: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_episode: Callable[[Trajectory], None] | None = None,
 ) -> tuple[EvalSummary, list[Trajectory]]:
-    """Evaluate ``policy`` on ``episodes`` tasks of ``split``, ``k`` samples per task.
+    """Evaluate a built policy on ``episodes`` tasks of ``split``, ``k`` samples per task.
 
     Args:
         env_id: a registered env id or alias.
-        policy: a registered policy name (``random``, ``oracle``, ``smollm2``, ``hf:PATH``, ...).
+        agent: the policy object (``act``, optionally ``begin``).
+        policy_name: recorded in the summary and trajectories.
         episodes: number of tasks (None: all tasks of a finite set, else 20).
         split: ``train``/``dev``/``test``, or ``all`` for finite task sets (None: ``all`` if finite, else ``test``).
         k: episodes per task (same seed); pass@k and mean@k are computed over them.
         seed: task ``i`` resets with ``seed + i``; the policy's sampling RNG is seeded with ``seed``.
         env_kwargs: keyword arguments for ``make``.
-        policy_kwargs: keyword arguments for the policy factory.
         rollout: scheduling (concurrency, turn/token budgets); ``group_size`` is set to ``k``.
         trajectories_path: stream every finished trajectory to this JSONL file.
         on_start: called once with the number of episodes that will run.
@@ -157,7 +167,6 @@ def evaluate(
     """
     env_kwargs = env_kwargs or {}
     probe = make(env_id, **env_kwargs)
-    agent = build_policy(policy, probe, **(policy_kwargs or {}))
     split, tasks = select_tasks(probe, split, episodes)
     cfg = RolloutConfig(**{**asdict(rollout or RolloutConfig()), "group_size": k})
     if on_start is not None:
@@ -165,7 +174,7 @@ def evaluate(
     writer = TrajectoryWriter(trajectories_path) if trajectories_path else None
     envs = iter([probe])
     engine = RolloutEngine(lambda: next(envs, None) or make(env_id, **env_kwargs), agent, cfg,
-                           env_id=probe.spec_id, policy_name=policy, writer=writer)
+                           env_id=probe.spec_id, policy_name=policy_name, writer=writer)
     start = time.perf_counter()
     try:
         trajectories = engine.run([(t, seed + i) for i, t in enumerate(tasks)], seed=seed, on_episode=on_episode)
@@ -175,7 +184,7 @@ def evaluate(
             writer.close()
     wall = time.perf_counter() - start
     trajectories.sort(key=lambda t: (t.seed, t.group))  # task order (seed = seed + task index), not finish order
-    summary = summarize(probe.spec_id, policy, split, k, trajectories, wall, len(tasks) * k, engine.generate_s)
+    summary = summarize(probe.spec_id, policy_name, split, k, trajectories, wall, len(tasks) * k, engine.generate_s)
     return summary, trajectories
 
 

@@ -73,3 +73,77 @@ def write_report(out_dir: str | Path, summary: Any, trajectories: list[Trajector
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def write_training_report(run: Any) -> Path:
+    """``report.md`` and ``training.png`` of a run directory from its metrics and config."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import yaml
+
+    records = run.metrics()
+    config = run.read_config()
+    panels = [("return_mean", "train return"), ("success_rate", "train success"),
+              ("eval/dev/success_rate", "held-out (dev) success"), ("entropy", "token entropy"),
+              ("approx_kl", "approx. KL to behaviour policy"), ("generate_tokens_per_s", "generation tokens/s")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title) in zip(axes.flat, panels):
+        xs, ys = _series(records, key)
+        ax.plot(xs, ys, marker="o", ms=3)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run.path / "training.png", dpi=90)
+    plt.close(fig)
+
+    def first_last(key: str) -> tuple[str, str]:
+        _, ys = _series(records, key)
+        return (f"{ys[0]:.3f}", f"{ys[-1]:.3f}") if ys else ("-", "-")
+
+    rows = []
+    for split in ("dev", "test"):
+        for metric in ("success_rate", "return_mean", "invalid_action_rate"):
+            before, after = first_last(f"eval/{split}/{metric}")
+            rows.append(f"| {split} | {metric} | {before} | {after} |")
+    skipped = sum(1 for r in records if r.get("checkpoint_skipped"))
+    no_signal = sum(1 for r in records if r.get("update_skipped_no_signal"))
+    train_s = sum(r.get("iteration_s", 0.0) for r in records)
+    lines = [
+        f"# Training report: {config.get('trainer')} on {config.get('env', {}).get('id')}",
+        "",
+        f"{max((r['step'] for r in records), default=0)} iterations, {train_s / 60:.1f} min of collection and "
+        f"updates (evaluations excluded).",
+        "",
+        "## Held-out evaluation, before and after",
+        "",
+        "| split | metric | before | after |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "![training curves](training.png)",
+        "",
+        "## Notes",
+        "",
+        f"- iterations with no learning signal (every advantage zero): {no_signal}",
+        f"- checkpoints skipped by a failed save: {skipped}",
+        f"- guided decoding: {config.get('policy', {}).get('guided')} (log-probs are then the constrained "
+        "sampler's); reply format: " + ("think + answer" if config.get("policy", {}).get("think") else "bare action"),
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    path = run.path / "report.md"
+    path.write_text("\n".join(lines))
+    return path

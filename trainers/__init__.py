@@ -1,1 +1,20 @@
-"""Trainers of agentgym, one file per trainer; registered through the ``agentgym.trainers`` entry-point group."""
+"""Trainers of agentgym, one file per trainer; registered through the ``agentgym.trainers`` entry-point group.
+
+A trainer module defines a ``Config`` dataclass and a trainer class with ``fit``; the shared policy-gradient
+machinery lives in ``trainers.policy_gradient`` and the math in ``agentgym.ops``.
+"""
+
+from __future__ import annotations
+
+
+def register_trainers() -> None:
+    """Register the built-in trainers (string entry points: nothing heavy is imported here)."""
+    from agentgym.registry import register_trainer
+
+    llm = {"extra": "llm", "requires": ("torch", "transformers")}
+    register_trainer("loop", "trainers.loop:LoopTrainer", **llm,
+                     description="Leave-one-out PPO: K rollouts per task, LOO advantage, per-token clip, no critic.")
+    register_trainer("grpo", "trainers.grpo:GRPOTrainer", **llm,
+                     description="Group-normalised advantages, PPO clip, k3 KL to the initial model in the loss.")
+    register_trainer("rloo", "trainers.rloo:RLOOTrainer", **llm,
+                     description="On-policy REINFORCE with a leave-one-out baseline, KL in the reward.")

@@ -45,3 +45,12 @@ def _config_names() -> set[str]:
     from policies.llm.policy import LLMPolicyConfig
 
     return {f.name for f in fields(LLMPolicyConfig)}
+
+
+def make_vllm_policy(env: Any = None, *, model: str = "smollm2", **kwargs: Any) -> Any:
+    """An LLM policy on vllm's offline engine (GPU): ``vllm:PATH``."""
+    from policies.llm.policy import LLMPolicy, LLMPolicyConfig
+    from policies.llm.vllm_backend import VLLMBackend
+
+    config, backend_kwargs = _split_kwargs(kwargs)
+    return LLMPolicy(VLLMBackend(model, **backend_kwargs), LLMPolicyConfig(**config))

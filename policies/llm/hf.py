@@ -5,7 +5,7 @@ position ids so padded rows see the same positions as unpadded ones). Rows that 
 batch and its KV cache, so a long straggler does not pay for the short ones. Each step costs one forward pass,
 a few vectorised tensor ops over the vocabulary, and one device-to-host copy of three numbers per row.
 
-Guided decoding (``SamplingParams.choices``) lives in ``_ChoiceGuide``; ``sequence_logprobs`` re-scores
+Guided decoding (``SamplingParams.choices``) lives in ``hf_guided``; ``sequence_logprobs`` re-scores
 sequences for trainers, with gradients when called under grad.
 """
 
@@ -20,6 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from policies.llm.base import Generation, SamplingParams
+from policies.llm.hf_guided import ChoiceGuide, RowState, token_strings
 from policies.llm.model_files import DEFAULT_MODEL, downloads_allowed, resolve_model
 
 _NEG_INF = float("-inf")
@@ -114,7 +115,7 @@ class HFBackend:
         self._eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
         self._pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
         self._token_strings: list[str] | None = None
-        self._guides: dict[tuple[Any, ...], _ChoiceGuide] = {}
+        self._guides: dict[tuple[Any, ...], ChoiceGuide] = {}
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
@@ -122,7 +123,7 @@ class HFBackend:
 
         Temperature 0 is greedy; its log-probs and entropies are then those of the unscaled (temperature 1)
         distribution, after any masking, since a point mass would carry no information. With ``choices``, EOS
-        and stop strings cannot end the completion: it always ends with a choice (see ``_ChoiceGuide``).
+        and stop strings cannot end the completion: it always ends with a choice (see ``ChoiceGuide``).
         """
         if not prompts:
             return []
@@ -132,9 +133,12 @@ class HFBackend:
                 f"Prompts must be non-empty and fit max_context={self.max_context} with max_new_tokens="
                 f"{params.max_new_tokens} (longest prompt: {longest} tokens); shorten the prompt or the reply cap.")
         guide = self._guide(params) if params.choices else None
-        rows = [_Row(guide, self.tokenizer) for _ in prompts]
+        rows = [RowState(guide, self.tokenizer) for _ in prompts]
         generator = torch.Generator(self.device)
-        generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
         was_training = self.model.training
         self.model.eval()
         try:
@@ -144,14 +148,14 @@ class HFBackend:
             self.model.train(was_training)
         return [row.result(self.tokenizer) for row in rows]
 
-    def _sample_loop(self, prompts: Sequence[Sequence[int]], rows: list[_Row], params: SamplingParams,
-                     guide: _ChoiceGuide | None, generator: torch.Generator) -> None:
+    def _sample_loop(self, prompts: Sequence[Sequence[int]], rows: list[RowState], params: SamplingParams,
+                     guide: ChoiceGuide | None, generator: torch.Generator) -> None:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width + params.max_new_tokens), dtype=torch.long)
         for i, prompt in enumerate(prompts):  # left padding: every row's next token lands in the same column
             ids[i, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[i, width - len(prompt):] = 1
+            mask[i, width - len(prompt):] = 1  # the prompt and every column a generated token will fill
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions,
@@ -172,7 +176,7 @@ class HFBackend:
                              position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
 
-    def _next_tokens(self, logits: torch.Tensor, rows: list[_Row], params: SamplingParams,
+    def _next_tokens(self, logits: torch.Tensor, rows: list[RowState], params: SamplingParams,
                      generator: torch.Generator) -> torch.Tensor:
         """Choose each active row's next token, record it on the row, and return the tokens [b]."""
         scaled = logits / params.temperature if params.temperature > 0 else logits
@@ -182,7 +186,7 @@ class HFBackend:
         forced: dict[int, int] = {}
         masked = False
         for j, row in enumerate(rows):
-            rule = row.constraint(params.max_new_tokens) if row.guide is not None else None
+            rule = row.constraint(params.max_new_tokens)
             if isinstance(rule, int):
                 forced[j] = rule
             elif rule is not None:
@@ -211,7 +215,7 @@ class HFBackend:
             self._update_finish(row, params)
         return chosen
 
-    def _update_finish(self, row: _Row, params: SamplingParams) -> None:
+    def _update_finish(self, row: RowState, params: SamplingParams) -> None:
         token = row.tokens[-1]
         if row.guide is not None:
             row.advance()
@@ -222,13 +226,13 @@ class HFBackend:
         if row.finish is None and len(row.tokens) >= params.max_new_tokens:
             row.finish = "length"
 
-    def _guide(self, params: SamplingParams) -> _ChoiceGuide:
+    def _guide(self, params: SamplingParams) -> ChoiceGuide:
         key = (params.choices, params.choice_prefix, params.choice_suffix, params.max_new_tokens)
         if key not in self._guides:
             if self._token_strings is None:
-                self._token_strings = _token_strings(self.tokenizer)
+                self._token_strings = token_strings(self.tokenizer)
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            self._guides[key] = _ChoiceGuide(self._token_strings, self.tokenizer, params, vocab, self._eos)
+            self._guides[key] = ChoiceGuide(self._token_strings, self.tokenizer, params, vocab, self._eos)
         return self._guides[key]
 
     # ------------------------------------------------------------------ training support
@@ -322,186 +326,3 @@ def _tail_contains(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> b
     window = 4 * max(len(s) for s in stops) + 1
     text = tokenizer.decode(tokens[-window:], skip_special_tokens=False)
     return any(s in text for s in stops)
-
-
-
-
-def _token_strings(tokenizer: Any) -> list[str]:
-    """The text each token id adds when it follows ordinary text ("" for special tokens).
-
-    Each id is decoded after an anchor token and the anchor's text is cut off, because tokenizers such as
-    SentencePiece drop a token's leading space when it is decoded alone. One batched decode of the whole
-    vocabulary (about a second), done once per backend and only when guided decoding is used.
-    """
-    anchor = tokenizer.encode("a", add_special_tokens=False)[-1]
-    head = len(tokenizer.decode([anchor]))
-    texts = tokenizer.batch_decode([[anchor, i] for i in range(len(tokenizer))], skip_special_tokens=False)
-    special = set(tokenizer.all_special_ids)
-    return ["" if i in special else text[head:] for i, text in enumerate(texts)]
-
-
-class _ChoiceGuide:
-    """Guided decoding for one (choices, prefix, suffix, max_new_tokens) setting; shared by all rows.
-
-    A row generates freely until its output contains ``choice_prefix``, then every token must keep the text
-    after the prefix a prefix of some choice: a token is allowed when its text, appended, still spells the
-    beginning of a choice (any tokenization, not only the canonical one). When the text equals a choice the
-    suffix tokens are forced (log-prob 0) and the row finishes with ``"choice"``. Guarantees that every
-    completion ends with prefix + choice + suffix:
-
-    * in the free part, EOS is banned and stop strings are ignored, and so are tokens that would complete the
-      prefix and run on into text that matches no choice (the ``banned`` sets, per length of prefix matched);
-    * when only ``reserve`` tokens are left (prefix + the longest choice in its fewest tokens + suffix), the
-      prefix is forced; inside the choice, tokens that could no longer finish in the budget are masked.
-
-    When a choice is a prefix of another (``"Up"``, ``"Upper"``), the shorter one ends the row as soon as it
-    is spelled, so the longer can never be chosen.
-    """
-
-    def __init__(self, strings: list[str], tokenizer: Any, params: SamplingParams, vocab: int,
-                 eos: torch.Tensor) -> None:
-        self.strings, self.vocab, self.eos = strings, vocab, eos
-        self.prefix, self.choices = params.choice_prefix, tuple(params.choices or ())
-        self.by_text: dict[str, list[int]] = {}
-        for i, text in enumerate(strings):
-            if text:
-                self.by_text.setdefault(text, []).append(i)
-        self._longest = max(len(t) for t in self.by_text)
-        self._costs: dict[str, float] = {"": 0}
-        self.prefix_ids = tokenizer.encode(self.prefix, add_special_tokens=False) if self.prefix else []
-        self.suffix_ids = tokenizer.encode(params.choice_suffix, add_special_tokens=False)
-        unspellable = [c for c in self.choices if self.cost(c) == float("inf")]
-        if unspellable:
-            raise ValueError(f"Choices {unspellable} cannot be spelled with this tokenizer's tokens; use plain text.")
-        self.reserve = len(self.prefix_ids) + int(max(self.cost(c) for c in self.choices)) + len(self.suffix_ids)
-        if self.reserve > params.max_new_tokens:
-            raise ValueError(
-                f"max_new_tokens={params.max_new_tokens} cannot hold the prefix, the longest choice and the suffix "
-                f"({self.reserve} tokens); raise max_new_tokens.")
-        self._allowed: dict[tuple[str, int], int | torch.Tensor] = {}
-        self._banned: dict[int, torch.Tensor] = {}
-
-    def cost(self, text: str) -> float:
-        """Fewest tokens that spell ``text`` exactly (inf when impossible); memoised."""
-        if text not in self._costs:
-            self._costs[text] = min((1 + self.cost(text[n:]) for n in range(1, min(len(text), self._longest) + 1)
-                                     if text[:n] in self.by_text), default=float("inf"))
-        return self._costs[text]
-
-    def consistent(self, text: str) -> bool:
-        """Whether ``text`` (after the prefix) begins some choice."""
-        return any(c.startswith(text) for c in self.choices)
-
-    def matched(self, tail: str) -> int:
-        """How many leading characters of the prefix the text ends with (a proper prefix only)."""
-        return next((k for k in range(len(self.prefix) - 1, 0, -1) if tail.endswith(self.prefix[:k])), 0)
-
-    def allowed(self, text: str, budget: int) -> int | torch.Tensor:
-        """The forced token, or an additive mask, for the next token of a choice after ``text``.
-
-        ``budget`` is how many tokens the choice may still use; tokens after which no choice can be finished
-        in time are excluded (unless that would exclude everything).
-        """
-        key = (text, min(budget, self.reserve + 1))
-        if key not in self._allowed:
-            fits, spells = set(), set()
-            for choice in (c for c in self.choices if c.startswith(text) and c != text):
-                rest = choice[len(text):]
-                for n in range(1, min(len(rest), self._longest) + 1):
-                    ids = self.by_text.get(rest[:n], ())
-                    spells.update(ids)
-                    if self.cost(rest[n:]) <= budget - 1:
-                        fits.update(ids)
-            ids = sorted(fits or spells)
-            if len(ids) == 1:
-                self._allowed[key] = ids[0]
-            else:
-                mask = torch.full((self.vocab,), _NEG_INF, device=self.eos.device)
-                mask[torch.tensor(ids, device=mask.device)] = 0.0
-                self._allowed[key] = mask
-        return self._allowed[key]
-
-    def banned(self, matched: int) -> torch.Tensor:
-        """Ids banned in the free part when the output ends with ``matched`` characters of the prefix.
-
-        That is EOS, and the tokens that would complete the prefix and run on into text that begins no choice.
-        """
-        if matched not in self._banned:
-            head, ids = self.prefix[:matched], self.eos.tolist()
-            for i, text in enumerate(self.strings):
-                at = (head + text).find(self.prefix) if text else -1
-                if at >= 0 and not self.consistent((head + text)[at + len(self.prefix):]):
-                    ids.append(i)
-            self._banned[matched] = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.eos.device)
-        return self._banned[matched]
-
-
-class _Row:
-    """One completion being generated: its tokens, statistics, and guided-decoding state."""
-
-    def __init__(self, guide: _ChoiceGuide | None, tokenizer: Any) -> None:
-        self.guide, self.tokenizer = guide, tokenizer
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.entropies: list[float] = []
-        self.finish: str | None = None
-        self.choosing = guide is not None and not guide.prefix  # inside the constrained part
-        self.text = ""  # the choice text spelled so far
-        self.choice: str | None = None
-        self.queue: list[int] = []  # forced tokens still to emit (the prefix, or the suffix)
-        self.matched = 0  # characters of the prefix the free output ends with
-
-    def add(self, token: int, logprob: float, entropy: float) -> None:
-        """Record a chosen token."""
-        self.tokens.append(token)
-        self.logprobs.append(logprob)
-        self.entropies.append(entropy)
-
-    def constraint(self, max_new_tokens: int) -> int | torch.Tensor:
-        """What guided decoding imposes on the next token: a forced id, banned ids, or an additive mask."""
-        guide = self.guide
-        assert guide is not None  # only called on guided rows
-        remaining = max_new_tokens - len(self.tokens)
-        if self.queue:
-            return self.queue[0]
-        if self.choosing:
-            return guide.allowed(self.text, remaining - len(guide.suffix_ids))
-        if remaining <= guide.reserve:
-            self.queue = list(guide.prefix_ids)
-            return self.queue[0]
-        return guide.banned(self.matched)
-
-    def advance(self) -> None:
-        """Update the guided state after a token was added."""
-        guide = self.guide
-        assert guide is not None
-        token = self.tokens[-1]
-        if self.queue:
-            self.queue.pop(0)
-            if not self.queue:
-                self.choosing, self.finish = (True, None) if self.choice is None else (False, "choice")
-        elif self.choosing:
-            self._spell(self.text + guide.strings[token])
-        else:
-            tail = self.tokenizer.decode(self.tokens[-(4 * len(guide.prefix) + 1):], skip_special_tokens=False)
-            at = tail.rfind(guide.prefix)
-            if at >= 0 and guide.consistent(tail[at + len(guide.prefix):]):
-                self.choosing = True
-                self._spell(tail[at + len(guide.prefix):])
-            else:
-                self.matched = guide.matched(tail)
-
-    def _spell(self, text: str) -> None:
-        self.text = text
-        if text in self.guide.choices:
-            self.choice, self.choosing, self.queue = text, False, list(self.guide.suffix_ids)
-            if not self.queue:
-                self.finish = "choice"
-
-    def result(self, tokenizer: Any) -> Generation:
-        """The finished completion."""
-        return Generation(
-            token_ids=self.tokens, logprobs=self.logprobs, entropies=self.entropies,
-            text=tokenizer.decode(self.tokens, skip_special_tokens=True), finish_reason=self.finish or "length",
-            constrained=self.guide is not None, info={"choice": self.choice} if self.guide is not None else {},
-        )

@@ -59,7 +59,7 @@ def answer_format(env: Any, style: PromptStyle) -> str:
             f"action in {ANSWER_OPEN}ACTION{ANSWER_CLOSE}.{options} "
             f"Example: <think>...</think>{ANSWER_OPEN}{example}{ANSWER_CLOSE}"
         )
-    return f"Reply with the action only, one word.{options} Example reply: {example}"
+    return f"Reply with the action word only, no other text.{options} Example reply: {example}"
 
 
 def system_prompt(env: Any, style: PromptStyle) -> str:

@@ -1,10 +1,10 @@
-"""Sokoban prompt parts."""
+"""Sokoban prompt parts (the rules themselves come from the env's ``instructions()``)."""
 
 from __future__ import annotations
 
 HINTS = (
-    "Plan before you push: a box pushed into a corner, or against a wall with no target along it, can never be "
-    "moved back. You can push a box but never pull it."
+    "To push a box you must stand next to it on the opposite side: to push a box Up, stand directly below it and "
+    "move Up. First walk to such a cell, then push the box towards a target."
 )
 
 

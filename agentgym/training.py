@@ -1,0 +1,75 @@
+"""``agentgym train``: resolve the trainer and its config, run it with a progress display, write the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentgym.config import describe_fields, load_config
+from agentgym.errors import AgentGymError
+from agentgym.registry import spec, trainer_spec
+from agentgym.runs import RunDir
+
+
+def print_config_help(console: Console, trainer: str) -> None:
+    """Every config field of a trainer with its type, default and doc."""
+    cls = trainer_spec(trainer).load()
+    table = Table(title=f"agentgym train --trainer {trainer}: config fields (set with --set KEY=VALUE)")
+    for col in ("field", "type", "default", "doc"):
+        table.add_column(col, overflow="fold")
+    for name, kind, default, doc in describe_fields(cls.Config):
+        table.add_row(name, kind, default, doc)
+    console.print(table)
+
+
+def train(console: Console, *, env: str | None, trainer: str | None, overrides: list[str],
+          config_file: str | None, out: str | None, resume: str | None, env_kwargs: dict[str, Any]) -> int:
+    """Build (or resume) a run and train it; returns the process exit code."""
+    base: dict[str, Any] = {}
+    if resume is not None:
+        run = RunDir(resume)
+        base = run.read_config()
+        trainer = trainer or base.pop("trainer", None)
+        base.pop("trainer", None)
+    if trainer is None:
+        raise AgentGymError(f"{resume}/config.yaml names no trainer; pass --trainer NAME.")
+    cls = trainer_spec(trainer).load()
+    if env is not None:
+        base.setdefault("env", {})["id"] = spec(env).id
+    if env_kwargs:
+        base.setdefault("env", {}).setdefault("kwargs", {}).update(env_kwargs)
+    config = load_config(cls.Config, file=config_file, overrides=overrides, base=base)
+    if resume is None:
+        name = f"{spec(config.env.id).name.lower()}-{trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = RunDir(out or Path("runs") / name)
+    console.print(f"[bold]agentgym train[/bold] {trainer} on {config.env.id} -> {run.path}"
+                  f"{' (resuming)' if resume else ''}")
+    trainer_obj = cls(config, run)
+    columns = (TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("iterations", total=config.iterations, stats="evaluating before training ...")
+
+        def on_iteration(done: int, metrics: dict[str, Any]) -> None:
+            stats = (f"return {metrics.get('return_mean', 0):+.2f}  success {metrics.get('success_rate', 0):.0%}  "
+                     f"loss {metrics.get('loss', 0):+.4f}  {metrics.get('iteration_s', 0):.0f}s/it")
+            progress.update(bar, completed=done, stats=stats)
+
+        try:
+            final = trainer_obj.fit(resume=resume is not None, on_iteration=on_iteration)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"interrupted: checkpoint saved; continue with  agentgym train --resume {run.path}")
+            run.close()
+            return 130
+    from agentgym.report import write_training_report
+
+    report = write_training_report(run)
+    run.close()
+    console.print(f"done: {final}\nreport: {report}")
+    return 0

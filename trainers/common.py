@@ -1,0 +1,158 @@
+"""Pieces every LLM trainer shares: config sections, building the policy, turning trajectories into tensors,
+scoring them with the trainer's model, and saving/loading checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from agentgym.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class EnvSection:
+    """Which env a trainer plays, and the episode budget."""
+
+    id: str = "sokoban"
+    """Env id or alias (set by --env)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the env (also --env-kwargs KEY=VALUE)."""
+    max_turns: int = 8
+    """Turn budget per episode; episodes reaching it are truncated (and scored as failures)."""
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """The LLM policy being trained and how it samples."""
+
+    model: str = "smollm2"
+    """'smollm2' (the embedded default), a local model directory, or a hub id with downloads allowed."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), or a torch device."""
+    dtype: str = "auto"
+    """'auto' (bf16 on CUDA, fp32 on CPU) or a torch dtype name."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts (the loss scores tokens at the same temperature)."""
+    max_new_tokens: int = 8
+    """Cap on each reply, in tokens."""
+    think: bool = False
+    """Ask for <think>...</think><answer>...</answer> replies instead of the bare action."""
+    guided: bool = True
+    """Constrain the action part of replies to the env's action names (guided decoding)."""
+    context_tokens: int = 1536
+    """Prompt + reply budget per turn; older turns are dropped beyond it."""
+    history_turns: int | None = None
+    """At most this many earlier turns in each prompt (None: all that fit the context budget)."""
+    lora: bool = False
+    """Train a LoRA adapter instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Linear layers that get LoRA adapters."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower)."""
+
+
+def build_backend(section: PolicySection, *, model: str | None = None) -> Any:
+    """Load the trainable HF backend described by ``section`` (``model`` overrides the path, for resuming)."""
+    from policies.llm.hf import HFBackend, LoraSettings
+
+    lora = LoraSettings(r=section.lora_r, alpha=section.lora_alpha, target_modules=section.lora_targets) \
+        if section.lora else None
+    backend = HFBackend(model or section.model, device=section.device, dtype=section.dtype, lora=lora)
+    if section.gradient_checkpointing and hasattr(backend.model, "gradient_checkpointing_enable"):
+        backend.model.gradient_checkpointing_enable()
+    return backend
+
+
+def build_policy(backend: Any, section: PolicySection, *, temperature: float | None = None) -> Any:
+    """An ``LLMPolicy`` over ``backend`` with the section's sampling and prompt settings."""
+    from policies.llm.policy import LLMPolicy, LLMPolicyConfig
+
+    return LLMPolicy(backend, LLMPolicyConfig(
+        temperature=section.temperature if temperature is None else temperature, max_new_tokens=section.max_new_tokens,
+        think=section.think, guided=section.guided, context_tokens=section.context_tokens,
+        history_turns=section.history_turns,
+    ))
+
+
+@dataclass
+class TokenBatch:
+    """Trajectories as padded tensors, aligned to next-token prediction.
+
+    Position ``t`` of the ``[B, T-1]`` tensors describes token ``t+1`` of ``input_ids``: ``loss_mask`` is 1 where
+    that token was sampled by the policy, ``sampled_logp`` its sampling log-prob, ``turn_ids`` its turn (-1 off
+    the mask).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    sampled_logp: torch.Tensor
+    turn_ids: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        """Real (unpadded) tokens in the batch."""
+        return int(self.attention_mask.sum())
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> TokenBatch:
+        """A sub-batch, trimmed to its longest row."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        width = int(self.attention_mask[index].sum(1).max())
+        return TokenBatch(self.input_ids[index, :width], self.attention_mask[index, :width],
+                          self.loss_mask[index, :width - 1], self.sampled_logp[index, :width - 1],
+                          self.turn_ids[index, :width - 1])
+
+
+def token_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TokenBatch:
+    """Right-padded tensors of whole-episode sequences (see ``Trajectory``); raises if a trajectory has no tokens."""
+    missing = [i for i, t in enumerate(trajectories) if not t.token_ids]
+    if missing:
+        raise ValueError(f"Trajectories {missing[:5]} carry no token ids; train with an LLM policy's rollouts.")
+    width = max(len(t.token_ids) for t in trajectories)
+    b = len(trajectories)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.float32)
+    logp = torch.zeros((b, width), dtype=torch.float32)
+    turns = torch.full((b, width), -1, dtype=torch.long)
+    for i, t in enumerate(trajectories):
+        n = len(t.token_ids)
+        ids[i, :n] = torch.tensor(t.token_ids)
+        attn[i, :n] = 1
+        mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        logp[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
+        for role, start, end, turn in t.segments or ():
+            if role == "assistant":
+                turns[i, start:end] = turn
+    # Shift by one: position t predicts token t+1. The first token is never sampled, so nothing is lost.
+    return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turns[:, 1:])
+
+
+def score(backend: Any, batch: TokenBatch, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies of ``batch`` under the backend's current parameters."""
+    device = backend.device
+    return backend.sequence_logprobs(batch.input_ids.to(device), batch.attention_mask.to(device),
+                                     temperature=temperature)
+
+
+def save_policy(backend: Any, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Model (or LoRA adapter) with tokenizer, and the optimizer state."""
+    backend.save(directory / "policy")
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Restore the optimizer state saved by ``save_policy``."""
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
+
+
+RatioLevel = Literal["token", "turn", "trajectory"]
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]

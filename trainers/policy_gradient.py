@@ -1,0 +1,391 @@
+"""The shared policy-gradient trainer: collect groups of episodes, compute advantages, update with one loss.
+
+Named trainers (loop, grpo, rloo) are this trainer with their own ``Config`` defaults and ``advantages``.
+One iteration:
+
+1. draw ``tasks_per_iteration`` training tasks and run each ``group_size`` times (same seed) with the current
+   policy, in one rollout engine (one batched generate per turn across all live episodes);
+2. one scalar advantage per episode from the group's returns (the named trainer's estimator); episodes with
+   ``|A| < adv_threshold`` are dropped (they carry no gradient);
+3. recompute the behaviour log-probs with the trainer's own model (never trust the sampler's numbers), then
+   ``epochs`` passes of minibatches of the shared clipped policy-gradient loss (``agentgym.ops.policy_loss``), with
+   gradient accumulation over micro-batches, grad-norm clipping and AdamW.
+
+Every random choice derives from ``(seed, iteration)``, so ``--resume`` continues exactly where a checkpoint was
+taken. Ctrl-C saves a checkpoint; a NaN loss or a batch without signal skips the step and logs it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from agentgym import ops
+from agentgym.config import ConfigError, to_dict
+from agentgym.registry import make
+from agentgym.rollout import RolloutConfig, RolloutEngine
+from agentgym.runs import RunDir
+from agentgym.trajectory import Trajectory, TrajectoryWriter
+from trainers.common import (Aggregation, EnvSection, PolicySection, RatioLevel, TokenBatch, build_backend,
+                             build_policy, load_optimizer, save_policy, score, token_batch)
+
+
+@dataclass(frozen=True)
+class PolicyGradientConfig:
+    """Settings shared by the policy-gradient trainers (defaults suit a 2-core CPU and the default model)."""
+
+    env: EnvSection = field(default_factory=EnvSection)
+    """The env and episode budget."""
+    policy: PolicySection = field(default_factory=PolicySection)
+    """The policy being trained."""
+    iterations: int = 12
+    """Collect-then-update iterations."""
+    tasks_per_iteration: int = 6
+    """Training tasks drawn per iteration."""
+    group_size: int = 4
+    """Episodes per task (same seed): K in leave-one-out / group-normalised advantages."""
+    num_envs: int = 24
+    """Episodes run concurrently during collection (the generation batch)."""
+    epochs: int = 1
+    """Passes over each iteration's episodes."""
+    minibatch_size: int = 8
+    """Episodes per optimizer step."""
+    micro_batch_size: int = 4
+    """Episodes per forward/backward (gradient accumulation inside a minibatch)."""
+    lr: float = 2e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon."""
+    clip_kind: Literal["symmetric", "loop"] = "symmetric"
+    """'symmetric': [1-eps, 1+eps]; 'loop': [1/(1+eps), 1+eps]."""
+    clip_eps_high: float | None = None
+    """Upper epsilon for an asymmetric range (clip-higher); None: same as clip_eps."""
+    ratio_level: RatioLevel = "token"
+    """Importance ratio per token, per turn, or per trajectory."""
+    agg: Aggregation = "seq-mean-token-mean"
+    """How per-token losses are averaged."""
+    agg_divisor_minibatch: bool = False
+    """Divide each minibatch's summed sequence losses by minibatch_size even when rows were dropped (LOOP)."""
+    adv_threshold: float = 0.0
+    """Drop episodes whose |advantage| is below this (they carry no gradient)."""
+    kl_coef: float = 0.0
+    """Weight of a KL penalty to the initial (reference) model; 0 keeps no reference copy in memory."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator when kl_coef > 0."""
+    kl_placement: Literal["loss", "reward"] = "loss"
+    """Add the KL to the loss, or subtract it from the token rewards."""
+    divergence_stop: float | None = 20.0
+    """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
+    eval_every: int = 4
+    """Evaluate on held-out tasks every N iterations (0: only before and after)."""
+    eval_tasks: int = 24
+    """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
+    eval_temperature: float = 0.0
+    """Sampling temperature of evaluations (0: greedy)."""
+    checkpoint_every: int = 4
+    """Checkpoint every N iterations (and always at the end)."""
+    seed: int = 0
+    """Seed of task sampling, rollout sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "tasks_per_iteration", "group_size", "num_envs", "epochs", "minibatch_size",
+                     "micro_batch_size", "eval_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.micro_batch_size > self.minibatch_size:
+            raise ConfigError(f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
+                              f"{self.minibatch_size}; set micro_batch_size <= minibatch_size.")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr={self.lr} must be a positive number.")
+        if not 0 < self.clip_eps < 1:
+            raise ConfigError(f"clip_eps={self.clip_eps} must be in (0, 1).")
+
+    @property
+    def clip(self) -> tuple[float, float]:
+        """The ratio clip range."""
+        if self.clip_eps_high is not None:
+            return (1 - self.clip_eps, 1 + self.clip_eps_high)
+        return ops.clip_range(self.clip_eps, kind=self.clip_kind)
+
+    @property
+    def episodes_per_iteration(self) -> int:
+        """Episodes collected per iteration."""
+        return self.tasks_per_iteration * self.group_size
+
+
+class PolicyGradientTrainer:
+    """Trains an LLM policy with clipped policy gradients on group advantages (see the module docstring)."""
+
+    Config: ClassVar[type] = PolicyGradientConfig
+    name: ClassVar[str] = "pg"
+
+    def __init__(self, config: PolicyGradientConfig, run: RunDir, *, backend: Any = None) -> None:
+        self.cfg = config
+        self.run = run
+        torch.manual_seed(config.seed)
+        self.backend = backend if backend is not None else build_backend(config.policy)
+        self.optimizer = torch.optim.AdamW(self.backend.trainable_parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.reference = self._reference_model() if config.kl_coef > 0 else None
+        self.env_id = make(config.env.id, **config.env.kwargs).spec_id
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ hooks for named trainers
+    def advantages(self, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        """One advantage per episode from its group's returns (named trainers override)."""
+        return ops.group_normalized(returns, group_ids, std_normalize=True)
+
+    # ------------------------------------------------------------------ collection
+    def make_env(self) -> Any:
+        """A fresh training env."""
+        return make(self.cfg.env.id, **self.cfg.env.kwargs)
+
+    def collect(self, iteration: int) -> list[Trajectory]:
+        """Run ``tasks_per_iteration`` training tasks ``group_size`` times each with the current policy."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, iteration, 1])
+        task_set = self.make_env().unwrapped.task_set
+        jobs = [(task_set.sample("train", rng), int(rng.integers(2**31))) for _ in range(cfg.tasks_per_iteration)]
+        engine = RolloutEngine(self.make_env, build_policy(self.backend, cfg.policy),
+                               RolloutConfig(num_envs=cfg.num_envs, group_size=cfg.group_size,
+                                             max_turns=cfg.env.max_turns),
+                               env_id=self.env_id, policy_name=f"{self.name}@{iteration}")
+        self.backend.model.eval()
+        with torch.no_grad():
+            trajectories = engine.run(jobs, seed=int(rng.integers(2**31)))
+        engine.close()
+        self.last_generate_s = engine.generate_s
+        return trajectories
+
+    # ------------------------------------------------------------------ update
+    def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Behaviour log-probs, (KL-in-reward), advantages, filtering and the minibatch updates of one iteration."""
+        cfg = self.cfg
+        keys: dict[tuple[str, int], int] = {}
+        group_ids = torch.tensor([keys.setdefault((str(t.task), t.seed), len(keys)) for t in trajectories])
+        returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64)
+        batch = token_batch(trajectories, self.backend._pad_id)
+        old_logp = self._behaviour_logprobs(batch)
+        stats: dict[str, float] = {}
+        if self.reference is not None and cfg.kl_placement == "reward":
+            # RLOO / REINFORCE++ style: the sequence KL to the reference is a cost in the return.
+            seq_kl = (self._reference_kl(batch, old_logp) * batch.loss_mask).sum(1).double()
+            returns = returns - cfg.kl_coef * seq_kl
+            stats["kl_in_reward"] = float(seq_kl.mean())
+        adv = self.advantages(returns, group_ids).float()
+        keep = [i for i in range(len(trajectories)) if abs(float(adv[i])) >= cfg.adv_threshold and float(adv[i]) != 0]
+        stats.update(adv_mean_abs=float(adv.abs().mean()), episodes_kept=float(len(keep)))
+        if not keep:
+            return {**stats, "update_skipped_no_signal": 1.0}
+        batch = batch.select(keep)
+        old_logp = old_logp[keep, :batch.loss_mask.shape[1]]
+        advantages = adv[keep]
+        steps = skipped = 0
+        logs: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "approx_kl": []}
+        self.backend.model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.iteration)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(keep), generator=gen)
+            for start in range(0, len(keep), cfg.minibatch_size):
+                result = self._minibatch(batch, order[start:start + cfg.minibatch_size], advantages, old_logp)
+                if result is None:
+                    skipped += 1
+                    continue
+                steps += 1
+                for key in logs:
+                    logs[key].append(result[key])
+                if cfg.divergence_stop is not None and result["traj_k1"] > cfg.divergence_stop:
+                    stats["divergence_stop"] = 1.0
+                    break
+        stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
+        stats.update(optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped),
+                     train_tokens=float(batch.tokens))
+        return stats
+
+    def _behaviour_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """Log-probs of the sampled tokens under the pre-update model, scored exactly like the loss scores them."""
+        self.backend.model.eval()
+        parts = []
+        with torch.no_grad():
+            for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
+                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
+                logp, _ = score(self.backend, batch.select(rows), temperature=self.cfg.policy.temperature)
+                parts.append(torch.nn.functional.pad(logp.float().cpu(),
+                                                     (0, batch.loss_mask.shape[1] - logp.shape[1])))
+        return torch.cat(parts)
+
+    def _minibatch(self, batch: TokenBatch, rows: torch.Tensor, advantages: torch.Tensor,
+                   old_logp: torch.Tensor) -> dict[str, float] | None:
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        divisor = float(cfg.minibatch_size) if cfg.agg_divisor_minibatch else float(len(rows))
+        totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "approx_kl": 0.0, "traj_k1": 0.0}
+        for start in range(0, len(rows), cfg.micro_batch_size):
+            micro = rows[start:start + cfg.micro_batch_size]
+            sub = batch.select(micro)
+            width = sub.loss_mask.shape[1]
+            logp, entropy = score(self.backend, sub, temperature=cfg.policy.temperature)
+            device = logp.device
+            mask = sub.loss_mask.to(device)
+            adv_tokens = ops.broadcast(advantages[micro].to(device), mask)
+            kl = None
+            if self.reference is not None and cfg.kl_placement == "loss":
+                kl = ops.kl_estimate(logp, self._reference_logp(sub).to(device), cfg.kl_estimator, mask=mask)
+            # Each micro-batch's loss is a mean over its sequences; weight it by its share of the minibatch so
+            # accumulation gives the minibatch mean (or LOOP's constant divisor).
+            loss, st = ops.policy_loss(logp, old_logp[micro, :width].to(device), adv_tokens, mask,
+                                       ratio_level=cfg.ratio_level, turn_ids=sub.turn_ids.to(device).clamp(min=0),
+                                       clip=cfg.clip, agg=cfg.agg, kl=kl, kl_coef=cfg.kl_coef)
+            scaled = loss * (len(micro) / divisor)
+            if not torch.isfinite(scaled):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            scaled.backward()
+            share = len(micro) / len(rows)
+            totals["loss"] += float(scaled.detach())
+            totals["clip_frac"] += float(st["clip_frac"]) * share
+            totals["entropy"] += float((entropy * mask).sum() / mask.sum().clamp(min=1)) * share
+            totals["approx_kl"] += float(st["approx_kl_k3"]) * share
+            totals["traj_k1"] += float(st["traj_k1"]) * share
+        norm = torch.nn.utils.clip_grad_norm_(self.backend.trainable_parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return totals
+
+    # ------------------------------------------------------------------ KL to a reference
+    def _reference_model(self) -> Any:
+        import copy
+
+        ref = copy.deepcopy(self.backend)
+        for p in ref.model.parameters():
+            p.requires_grad_(False)
+        ref.model.eval()
+        return ref
+
+    def _reference_logp(self, sub: TokenBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return score(self.reference, sub, temperature=self.cfg.policy.temperature)[0]
+
+    def _reference_kl(self, batch: TokenBatch, logp: torch.Tensor) -> torch.Tensor:
+        """Per-token KL of the behaviour policy to the reference, ``[B, T-1]``, for KL-in-reward."""
+        parts = []
+        for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
+            rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
+            sub = batch.select(rows)
+            ref = self._reference_logp(sub).float().cpu()
+            width = ref.shape[1]
+            kl = ops.kl_estimate(logp[rows, :width], ref, self.cfg.kl_estimator, mask=sub.loss_mask)
+            parts.append(torch.nn.functional.pad(kl, (0, batch.loss_mask.shape[1] - width)))
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, iteration: int) -> None:
+        """Save policy, optimizer and progress after ``iteration`` iterations."""
+        state = {"iteration": iteration, "trainer": self.name, "python_random": random.getstate()[1][0],
+                 "torch_rng": torch.get_rng_state().tolist()}
+        self.run.save_checkpoint(iteration, lambda d: save_policy(self.backend, self.optimizer, d), state)
+
+    def restore(self) -> int:
+        """Load the run's latest checkpoint (model, optimizer, RNG); returns the iterations already done."""
+        import json
+
+        path = self.run.latest_checkpoint()
+        if path is None:
+            return 0
+        state = json.loads((path / "trainer_state.json").read_text())
+        if self.cfg.policy.lora:
+            self.backend.load_adapter(path / "policy")
+        else:
+            self.backend = build_backend(self.cfg.policy, model=str(path / "policy"))
+        self.optimizer = torch.optim.AdamW(self.backend.trainable_parameters(), lr=self.cfg.lr,
+                                           weight_decay=self.cfg.weight_decay)
+        load_optimizer(self.optimizer, path)
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.run.truncate_metrics(int(state["iteration"]))
+        return int(state["iteration"])
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved config with the trainer's name."""
+        return {"trainer": self.name, **to_dict(self.cfg)}
+
+    def write_samples(self, iteration: int, trajectories: list[Trajectory], limit: int = 8) -> None:
+        """Keep a few trajectories of each iteration for inspection (``agentgym replay``)."""
+        with TrajectoryWriter(self.run.path / "samples" / "train.jsonl") as writer:
+            for t in trajectories[:limit]:
+                t.policy = f"{self.name}@{iteration}"
+                writer.write(t)
+
+    def iteration_metrics(self, trajectories: list[Trajectory], started: float) -> dict[str, float]:
+        """Rollout statistics of one iteration."""
+        tokens = sum(t.response_tokens for t in trajectories)
+        return {
+            "return_mean": float(np.mean([t.episode_return for t in trajectories])),
+            "success_rate": float(np.mean([t.success for t in trajectories])),
+            "invalid_action_rate": float(np.mean([t.invalid_actions / max(t.steps, 1) for t in trajectories])),
+            "steps_mean": float(np.mean([t.steps for t in trajectories])),
+            "generated_tokens": float(tokens),
+            "generate_tokens_per_s": tokens / max(self.last_generate_s, 1e-9),
+            "iteration_s": time.perf_counter() - started,
+        }
+
+    # ------------------------------------------------------------------ evaluation and the loop
+    def evaluate(self, split: str, label: str) -> dict[str, float]:
+        """Held-out evaluation with the current model through ``agentgym eval``'s code; returns metrics."""
+        from agentgym.evaluation import evaluate_policy
+
+        cfg = self.cfg
+        self.backend.model.eval()
+        agent = build_policy(self.backend, cfg.policy, temperature=cfg.eval_temperature)
+        with torch.no_grad():
+            summary, trajectories = evaluate_policy(
+                cfg.env.id, agent, policy_name=f"{self.name}:{label}", episodes=cfg.eval_tasks, split=split,
+                seed=cfg.seed + 10_000, env_kwargs=cfg.env.kwargs,
+                rollout=RolloutConfig(num_envs=cfg.num_envs, max_turns=cfg.env.max_turns),
+                trajectories_path=self.run.path / "samples" / f"eval-{split}-{label}.jsonl")
+        return {f"eval/{split}/success_rate": summary.success_rate, f"eval/{split}/return_mean": summary.mean_return,
+                f"eval/{split}/invalid_action_rate": summary.invalid_action_rate,
+                f"eval/{split}/steps_mean": summary.mean_steps}
+
+    def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
+        """Train for ``iterations`` iterations (continuing from the latest checkpoint when ``resume``)."""
+        cfg = self.cfg
+        self.run.write_config(self.config_dict())
+        done = self.restore() if resume else 0
+        if done == 0:
+            self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
+        try:
+            for iteration in range(done, cfg.iterations):
+                self.iteration = iteration
+                started = time.perf_counter()
+                trajectories = self.collect(iteration)
+                metrics = self.iteration_metrics(trajectories, started)
+                metrics.update(self.update(trajectories))
+                metrics["iteration_s"] = time.perf_counter() - started
+                self.write_samples(iteration, trajectories)
+                done = iteration + 1
+                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations:
+                    metrics.update(self.evaluate("dev", f"it{done}"))
+                self.run.log(done, metrics)
+                if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                    self.checkpoint(done)
+                if on_iteration is not None:
+                    on_iteration(done, metrics)
+        except KeyboardInterrupt:
+            self.checkpoint(done)
+            raise
+        self.checkpoint(done)
+        final = {**self.evaluate("dev", "end"), **self.evaluate("test", "end")}
+        self.run.log(done, final)
+        return final
