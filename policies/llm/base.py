@@ -28,6 +28,8 @@ class SamplingParams:
         choice_prefix: free text is generated until the output ends with this string (for example
             ``"<answer>"``), then the constrained part starts. ``""`` constrains from the first token.
         choice_suffix: forced after the chosen string (for example ``"</answer>"``); may be empty.
+        choice_tokenization: ``"canonical"`` allows only each choice's own tokenization (what the model saw in
+            training, and the fewest tokens); ``"any"`` allows every token sequence that spells a choice.
         seed: seed of the sampler's random stream for this call (None: non-deterministic).
     """
 
@@ -39,6 +41,7 @@ class SamplingParams:
     choices: tuple[str, ...] | None = None
     choice_prefix: str = ""
     choice_suffix: str = ""
+    choice_tokenization: str = "canonical"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -48,6 +51,8 @@ class SamplingParams:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy).")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
+        if self.choice_tokenization not in ("canonical", "any"):
+            raise ValueError(f"choice_tokenization={self.choice_tokenization!r} must be 'canonical' or 'any'.")
         if self.choices is not None and not self.choices:
             raise ValueError("choices=() would allow no completion; pass None to disable guided decoding.")
 

@@ -227,7 +227,8 @@ class HFBackend:
             row.finish = "length"
 
     def _guide(self, params: SamplingParams) -> ChoiceGuide:
-        key = (params.choices, params.choice_prefix, params.choice_suffix, params.max_new_tokens)
+        key = (params.choices, params.choice_prefix, params.choice_suffix, params.max_new_tokens,
+               params.choice_tokenization)
         if key not in self._guides:
             if self._token_strings is None:
                 self._token_strings = token_strings(self.tokenizer)

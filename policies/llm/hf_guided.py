@@ -34,8 +34,9 @@ class ChoiceGuide:
     """Guided decoding for one (choices, prefix, suffix, max_new_tokens) setting; shared by all rows.
 
     A row generates freely until its output contains ``choice_prefix``, then every token must keep the text
-    after the prefix a prefix of some choice: a token is allowed when its text, appended, still spells the
-    beginning of a choice (any tokenization, not only the canonical one). When the text equals a choice the
+    after the prefix a prefix of some choice. In ``canonical`` mode (the default) only the tokenizer's own
+    spelling of each choice is allowed; in ``any`` mode a token is allowed when its text, appended, still
+    spells the beginning of a choice. When the text equals a choice the
     suffix tokens are forced (log-prob 0) and the row finishes with ``"choice"``. Guarantees that every
     completion ends with prefix + choice + suffix:
 
@@ -60,6 +61,14 @@ class ChoiceGuide:
         self._costs: dict[str, float] = {"": 0}
         self.prefix_ids = tokenizer.encode(self.prefix, add_special_tokens=False) if self.prefix else []
         self.suffix_ids = tokenizer.encode(params.choice_suffix, add_special_tokens=False)
+        # Canonical mode: each choice only as the tokenizer itself spells it after the prefix, with the text
+        # each of its token-prefixes spells (so the row's spelled text says where it is in the sequence).
+        self.canonical: dict[str, tuple[list[int], list[str]]] | None = None
+        if params.choice_tokenization == "canonical":
+            self.canonical = {}
+            for choice in self.choices:
+                ids = self._canonical_ids(tokenizer, choice)
+                self.canonical[choice] = (ids, ["".join(strings[t] for t in ids[:k]) for k in range(len(ids))])
         unspellable = [c for c in self.choices if not c or self.cost(c) == float("inf")]
         if unspellable:
             raise ValueError(f"Choices {unspellable} are empty or cannot be spelled with this tokenizer's tokens; "
@@ -72,8 +81,20 @@ class ChoiceGuide:
         self._allowed: dict[tuple[str, int], int | torch.Tensor] = {}
         self._banned: dict[int, torch.Tensor] = {}
 
+    def _canonical_ids(self, tokenizer: Any, choice: str) -> list[int]:
+        """The choice's tokens as the tokenizer writes them right after the prefix."""
+        before = tokenizer.encode(self.prefix, add_special_tokens=False) if self.prefix else []
+        joined = tokenizer.encode(self.prefix + choice, add_special_tokens=False)
+        ids = joined[len(before):] if joined[:len(before)] == before else tokenizer.encode(
+            choice, add_special_tokens=False)
+        if "".join(self.strings[t] for t in ids) != choice:  # a merge across the boundary: spell it alone
+            ids = tokenizer.encode(choice, add_special_tokens=False)
+        return ids
+
     def cost(self, text: str) -> float:
         """Fewest tokens that spell ``text`` exactly (inf when impossible); memoised."""
+        if self.canonical is not None and text in self.canonical:
+            return float(len(self.canonical[text][0]))
         if text not in self._costs:
             self._costs[text] = min((1 + self.cost(text[n:]) for n in range(1, min(len(text), self._longest) + 1)
                                      if text[:n] in self.by_text), default=float("inf"))
@@ -94,6 +115,10 @@ class ChoiceGuide:
         in time are excluded (unless that would exclude everything).
         """
         key = (text, min(budget, self.reserve + 1))
+        if key not in self._allowed and self.canonical is not None:
+            ids = sorted({seq[k] for seq, spelled in self.canonical.values() for k in range(len(seq))
+                          if spelled[k] == text})
+            self._allowed[key] = self._as_constraint(ids)
         if key not in self._allowed:
             fits, spells = set(), set()
             for choice in (c for c in self.choices if c.startswith(text) and c != text):
@@ -103,14 +128,16 @@ class ChoiceGuide:
                     spells.update(ids)
                     if self.cost(rest[n:]) <= budget - 1:
                         fits.update(ids)
-            ids = sorted(fits or spells)
-            if len(ids) == 1:
-                self._allowed[key] = ids[0]
-            else:
-                mask = torch.full((self.vocab,), _NEG_INF, device=self.eos.device)
-                mask[torch.tensor(ids, device=mask.device)] = 0.0
-                self._allowed[key] = mask
+            self._allowed[key] = self._as_constraint(sorted(fits or spells))
         return self._allowed[key]
+
+    def _as_constraint(self, ids: list[int]) -> int | torch.Tensor:
+        """A single allowed id is forced; several become an additive mask."""
+        if len(ids) == 1:
+            return ids[0]
+        mask = torch.full((self.vocab,), _NEG_INF, device=self.eos.device)
+        mask[torch.tensor(ids, device=mask.device)] = 0.0
+        return mask
 
     def banned(self, matched: int) -> torch.Tensor:
         """Ids banned in the free part when the output ends with ``matched`` characters of the prefix.

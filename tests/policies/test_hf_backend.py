@@ -176,8 +176,20 @@ def test_guided_decoding_always_yields_a_choice(backend, prompts, prefix, suffix
         assert len({g.info["choice"] for g in gens}) > 1, "sampling should reach more than one choice"
 
 
+def test_guided_canonical_mode_spells_each_choice_as_the_tokenizer_does(backend, prompts, tokenizer):
+    gens = backend.generate([prompts[0]] * 32, SamplingParams(max_new_tokens=6, seed=5, choices=CHOICES))
+    canonical = {c: tokenizer.encode(c, add_special_tokens=False) for c in CHOICES}
+    first = sorted({ids[0] for ids in canonical.values()})
+    with torch.no_grad():
+        logits = backend.model(torch.tensor([prompts[0]])).logits[0, -1].float()
+    expected = dict(zip(first, torch.log_softmax(logits[first], -1).tolist(), strict=True))
+    for g in gens:
+        assert g.token_ids == canonical[g.text] and g.finish_reason == "choice"
+        assert g.logprobs[0] == pytest.approx(expected[g.token_ids[0]], abs=1e-4)
+
+
 def test_guided_first_step_is_renormalised_over_the_choices(backend, prompts, tokenizer):
-    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=2, choices=CHOICES)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=2, choices=CHOICES, choice_tokenization="any")
     gens = backend.generate([prompts[0]] * 64, params)
     vocab = tokenizer.get_vocab()  # plain ASCII letters: the vocabulary key is the token's text
     allowed = sorted({vocab[c[:n]] for c in CHOICES for n in range(1, len(c) + 1) if c[:n] in vocab})
