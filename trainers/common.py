@@ -47,6 +47,8 @@ class PolicySection:
     """Prompt + reply budget per turn; older turns are dropped beyond it."""
     history_turns: int | None = None
     """At most this many earlier turns in each prompt (None: all that fit the context budget)."""
+    hints: bool = False
+    """Add the env family's strategy hints to the system prompt (more tokens per turn)."""
     lora: bool = False
     """Train a LoRA adapter instead of all weights."""
     lora_r: int = 16
@@ -78,7 +80,7 @@ def build_policy(backend: Any, section: PolicySection, *, temperature: float | N
     return LLMPolicy(backend, LLMPolicyConfig(
         temperature=section.temperature if temperature is None else temperature, max_new_tokens=section.max_new_tokens,
         think=section.think, guided=section.guided, context_tokens=section.context_tokens,
-        history_turns=section.history_turns,
+        history_turns=section.history_turns, hints=section.hints,
     ))
 
 

@@ -9,5 +9,6 @@ HINTS = (
 
 
 def frame_observation(observation_text: str, turn: int) -> str:
-    """The board, with the turn number after the first turn."""
-    return observation_text if turn == 0 else f"Turn {turn + 1}. The board now:\n{observation_text}"
+    """The board (its legend line dropped: the system prompt has it once), numbered after the first turn."""
+    board = "\n".join(line for line in observation_text.splitlines() if not line.startswith("Legend:"))
+    return board if turn == 0 else f"Turn {turn + 1}:\n{board}"
