@@ -1,10 +1,14 @@
 # The two commands of the README's quick start; both set everything up themselves (scripts/setup.sh).
-.PHONY: setup demo test check bench
+.PHONY: setup train demo test check
 
 setup:
 	@bash scripts/setup.sh
 
-# The main job. Until the trainers land (issue: Trainers) it evaluates the Sokoban oracle on held-out levels.
+# The main job: LOOP on Sokoban with the embedded default model (a run directory under runs/).
+train: setup
+	.venv/bin/agentgym train --env sokoban --trainer loop
+
+# A quick look without training: the Sokoban oracle on 20 held-out levels.
 demo: setup
 	.venv/bin/agentgym eval --env sokoban --policy oracle --episodes 20
 

@@ -40,7 +40,10 @@ def train(console: Console, *, env: str | None, trainer: str | None, overrides: 
         raise AgentGymError(f"{resume}/config.yaml names no trainer; pass --trainer NAME.")
     cls = trainer_spec(trainer).load()
     if env is not None:
-        base.setdefault("env", {})["id"] = spec(env).id
+        env_id = spec(env).id
+        if resume is None and env_id != spec(cls.Config().env.id).id:
+            base.setdefault("env", {})["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
+        base.setdefault("env", {})["id"] = env_id
     if env_kwargs:
         base.setdefault("env", {}).setdefault("kwargs", {}).update(env_kwargs)
     config = load_config(cls.Config, file=config_file, overrides=overrides, base=base)

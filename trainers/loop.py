@@ -27,8 +27,12 @@ class LoopConfig(PolicyGradientConfig):
     """The policy being trained (LoRA r=16, alpha=32 on all linear layers, as in the paper)."""
     group_size: int = 6
     """K rollouts per task (the paper's 6)."""
-    tasks_per_iteration: int = 4
-    """Tasks per iteration (the paper's 40 on 16 GPUs; 4 suits a 2-core CPU)."""
+    tasks_per_iteration: int = 3
+    """Tasks per iteration (the paper's 40 on 16 GPUs; 3 suits a 2-core CPU)."""
+    minibatch_size: int = 6
+    """Rollouts per optimizer step (the paper's 32; scaled with the batch)."""
+    micro_batch_size: int = 3
+    """Rollouts per forward/backward (gradient accumulation)."""
     epochs: int = 2
     """Passes over each iteration's rollouts (LOOP's default 2)."""
     clip_eps: float = 0.1

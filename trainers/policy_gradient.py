@@ -40,11 +40,12 @@ from trainers.common import (Aggregation, EnvSection, PolicySection, RatioLevel,
 class PolicyGradientConfig:
     """Settings shared by the policy-gradient trainers (defaults suit a 2-core CPU and the default model)."""
 
-    env: EnvSection = field(default_factory=EnvSection)
-    """The env and episode budget."""
+    env: EnvSection = field(default_factory=lambda: EnvSection(kwargs={"preset": "tiny"}, max_turns=10))
+    """The env and episode budget (the default env starts from its easiest preset; another --env starts from
+    no kwargs)."""
     policy: PolicySection = field(default_factory=PolicySection)
     """The policy being trained."""
-    iterations: int = 12
+    iterations: int = 8
     """Collect-then-update iterations."""
     tasks_per_iteration: int = 6
     """Training tasks drawn per iteration."""
@@ -88,7 +89,7 @@ class PolicyGradientConfig:
     """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
     eval_every: int = 4
     """Evaluate on held-out tasks every N iterations (0: only before and after)."""
-    eval_tasks: int = 24
+    eval_tasks: int = 16
     """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
     eval_temperature: float = 0.0
     """Sampling temperature of evaluations (0: greedy)."""
