@@ -41,7 +41,11 @@ def _add_env_args(parser: argparse.ArgumentParser, *, required: bool = True) -> 
     if required:
         parser.add_argument("--env", "-e", required=True, help="env id or alias (see `agentgym envs`)")
     parser.add_argument(
-        "--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[],
+        "--env-kwargs",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        default=[],
         help="keyword arguments passed to the env's constructor, e.g. --env-kwargs level_file=levels.xsb",
     )
 
@@ -67,8 +71,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
     env = registry.make(env_spec.id, **overrides)
     cls = type(env.unwrapped)
     console.rule(f"[bold]{env_spec.id}[/bold]  ({cls.__module__}.{cls.__qualname__})")
-    console.print(f"aliases: {', '.join(env_spec.aliases) or '-'}   views: {', '.join(env_spec.views)}   "
-                  f"tags: {', '.join(env_spec.tags)}")
+    console.print(
+        f"aliases: {', '.join(env_spec.aliases) or '-'}   views: {', '.join(env_spec.views)}   "
+        f"tags: {', '.join(env_spec.tags)}"
+    )
     console.print(inspect.getdoc(cls) or "(no spec card)", markup=False, highlight=False)
     table = Table(title="constructor arguments (registry defaults and --env-kwargs applied)")
     for col in ("argument", "default"):
@@ -106,13 +112,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     ids = [s.id for s in registry.list_envs()] if args.env == "all" else [registry.spec(args.env).id]
     ok = True
     for env_id in ids:
-        report = check_env(env_id, seed=args.seed, steps=args.steps, raise_on_failure=False,
-                           **parse_kwargs(args.env_kwargs))
+        report = check_env(
+            env_id, seed=args.seed, steps=args.steps, raise_on_failure=False, **parse_kwargs(args.env_kwargs)
+        )
         table = Table(title=f"agentgym check {env_id}")
         for col in ("check", "result", "detail", "seconds"):
             table.add_column(col, overflow="fold")
         for r in report.results:
-            table.add_row(r.name, "[green]pass[/green]" if r.passed else "[red]FAIL[/red]", r.detail, f"{r.seconds:.2f}")
+            table.add_row(
+                r.name, "[green]pass[/green]" if r.passed else "[red]FAIL[/red]", r.detail, f"{r.seconds:.2f}"
+            )
         console.print(table)
         ok &= report.passed
     return 0 if ok else 1
@@ -131,8 +140,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         policy_kwargs["temperature"] = args.temperature
     rollout = RolloutConfig(num_envs=args.num_envs, max_turns=args.max_turns)
     out_dir = Path(args.out) if args.out else None
-    columns = (TextColumn("[bold]eval[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("success {task.fields[succ]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]eval[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("success {task.fields[succ]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err_console, transient=False) as progress:
         bar = progress.add_task(f"{args.env} / {args.policy}", total=None, succ="-")
         wins = [0, 0]
@@ -143,10 +157,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress.update(bar, advance=1, succ=f"{wins[0]}/{wins[1]}")
 
         summary, trajectories = evaluate(
-            args.env, args.policy, episodes=args.episodes, split=args.split, k=args.k, seed=args.seed,
-            env_kwargs=parse_kwargs(args.env_kwargs), policy_kwargs=policy_kwargs, rollout=rollout,
+            args.env,
+            args.policy,
+            episodes=args.episodes,
+            split=args.split,
+            k=args.k,
+            seed=args.seed,
+            env_kwargs=parse_kwargs(args.env_kwargs),
+            policy_kwargs=policy_kwargs,
+            rollout=rollout,
             trajectories_path=out_dir / "trajectories.jsonl" if out_dir else None,
-            on_start=lambda n: progress.update(bar, total=n), on_episode=on_episode,
+            on_start=lambda n: progress.update(bar, total=n),
+            on_episode=on_episode,
         )
     _print_episodes(trajectories)
     lo, hi = summary.success_ci95
@@ -175,8 +197,14 @@ def _print_episodes(trajectories: Sequence[Any], limit: int = 50) -> None:
         table.add_column(col, justify="right")
     for t, info in list(zip(trajectories, infos))[:limit]:
         task = f"{t.task} {t.task_name}" if t.task_name else t.task
-        table.add_row(str(task), str(t.difficulty), "yes" if t.success else "no", f"{t.episode_return:.2f}",
-                      str(t.steps), *[str(info.get(k)) for k in extra_keys])
+        table.add_row(
+            str(task),
+            str(t.difficulty),
+            "yes" if t.success else "no",
+            f"{t.episode_return:.2f}",
+            str(t.steps),
+            *[str(info.get(k)) for k in extra_keys],
+        )
     console.print(table)
 
 
@@ -188,8 +216,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not trajectories:
         raise AgentGymError(f"{args.file} holds no trajectories.")
     if not 0 <= args.episode < len(trajectories):
-        raise AgentGymError(f"--episode {args.episode} is out of range; {args.file} holds episodes "
-                            f"0..{len(trajectories) - 1}.")
+        raise AgentGymError(
+            f"--episode {args.episode} is out of range; {args.file} holds episodes 0..{len(trajectories) - 1}."
+        )
     t = trajectories[args.episode]
     console.rule(f"{t.env_id}  task {t.task}  seed {t.seed}  group {t.group}  policy {t.policy}")
     for i, turn in enumerate(t.turns):
@@ -200,8 +229,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         console.print(f"[cyan]action{tokens}:[/cyan] {turn.action!r}", highlight=False)
         note = "" if turn.action_valid else f"  [red]invalid: {turn.info.get('action_error', '')}[/red]"
         console.print(f"reward {turn.reward:+.3f}{note}", highlight=False)
-    console.print(f"return {t.episode_return:+.3f}  success {t.success}  steps {t.steps}"
-                  f"{'  truncated' if t.truncated else ''}", highlight=False)
+    console.print(
+        f"return {t.episode_return:+.3f}  success {t.success}  steps {t.steps}{'  truncated' if t.truncated else ''}",
+        highlight=False,
+    )
     for warning in t.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     return 0
@@ -218,10 +249,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_config_help(console, args.trainer)
         return 0
     if args.resume is None and (args.env is None or args.trainer is None):
-        raise AgentGymError("agentgym train needs --env ENV and --trainer NAME (or --resume RUN_DIR); "
-                            "e.g. agentgym train --env sokoban --trainer loop")
-    return train(console, env=args.env, trainer=args.trainer, overrides=args.set, config_file=args.config,
-                 out=args.out, resume=args.resume, env_kwargs=parse_kwargs(args.env_kwargs))
+        raise AgentGymError(
+            "agentgym train needs --env ENV and --trainer NAME (or --resume RUN_DIR); "
+            "e.g. agentgym train --env sokoban --trainer loop"
+        )
+    return train(
+        console,
+        env=args.env,
+        trainer=args.trainer,
+        overrides=args.set,
+        config_file=args.config,
+        out=args.out,
+        resume=args.resume,
+        env_kwargs=parse_kwargs(args.env_kwargs),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -257,8 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_args(p)
     p.add_argument("--policy", "-p", default="random", help="registered policy name (random, oracle, ...)")
     p.add_argument("--policy-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[])
-    p.add_argument("--episodes", "-n", type=int, default=None,
-                   help="number of tasks (default: every task of a level file, else 20)")
+    p.add_argument(
+        "--episodes",
+        "-n",
+        type=int,
+        default=None,
+        help="number of tasks (default: every task of a level file, else 20)",
+    )
     p.add_argument("--split", default=None, help="train/dev/test, or all for level files (default: test / all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=1, help="episodes per task with the same seed (pass@k, mean@k)")
@@ -266,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=16, help="episodes run concurrently (the policy's batch)")
     p.add_argument("--max-turns", type=int, default=None, help="per-episode turn budget")
     p.add_argument("--json", default=None, metavar="FILE", help="write the summary and per-episode records here")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write summary.json, trajectories.jsonl, report.md and plots here")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="write summary.json, trajectories.jsonl, report.md and plots here"
+    )
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("replay", help="show a stored episode (a trajectories JSONL file) turn by turn")
@@ -277,11 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a policy with a registered trainer", add_help=False)
     p.add_argument("--env", "-e", default=None, help="env id or alias (see `agentgym envs`)")
-    p.add_argument("--env-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[],
-                   help="keyword arguments passed to the env's constructor")
+    p.add_argument(
+        "--env-kwargs",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        default=[],
+        help="keyword arguments passed to the env's constructor",
+    )
     p.add_argument("--trainer", "-t", default=None, help="registered trainer name (loop, grpo, rloo, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set lr=1e-5 --set policy.temperature=0.7 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set lr=1e-5 --set policy.temperature=0.7 (repeatable)",
+    )
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="config values from a YAML file")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/ENV-TRAINER-TIME)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its latest checkpoint")

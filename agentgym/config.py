@@ -40,8 +40,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, nxt in zip(body, body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -198,8 +203,9 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type, *, file: str | Path | None = None, overrides: Sequence[str] = (),
-                base: dict[str, Any] | None = None) -> Any:
+def load_config(
+    cls: type, *, file: str | Path | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None
+) -> Any:
     """Defaults of ``cls``, then ``base`` (e.g. a resumed run's config), then a YAML file, then ``--set`` pairs."""
     values: dict[str, Any] = dict(base or {})
     if file is not None:

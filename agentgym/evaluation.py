@@ -89,8 +89,16 @@ def build_policy(name: str, env: Any, **kwargs: Any) -> Any:
     return policy_spec(kind if sep else name).load()(env, **kwargs)
 
 
-def summarize(env_id: str, policy: str, split: str, k: int, trajectories: list[Trajectory], wall_s: float,
-              expected: int, generate_s: float) -> EvalSummary:
+def summarize(
+    env_id: str,
+    policy: str,
+    split: str,
+    k: int,
+    trajectories: list[Trajectory],
+    wall_s: float,
+    expected: int,
+    generate_s: float,
+) -> EvalSummary:
     """Aggregate trajectories into an ``EvalSummary``."""
     n = len(trajectories)
     returns = np.array([t.episode_return for t in trajectories], dtype=float)
@@ -110,22 +118,37 @@ def summarize(env_id: str, policy: str, split: str, k: int, trajectories: list[T
             "mean_return": float(np.mean([t.episode_return for t in group])),
         }
     return EvalSummary(
-        env_id=env_id, policy=policy, split=split, tasks=len(groups), k=k, episodes=n,
-        success_rate=successes / n if n else 0.0, success_ci95=wilson_interval(successes, n),
+        env_id=env_id,
+        policy=policy,
+        split=split,
+        tasks=len(groups),
+        k=k,
+        episodes=n,
+        success_rate=successes / n if n else 0.0,
+        success_ci95=wilson_interval(successes, n),
         pass_at_k=float(np.mean([pass_at_k(len(g), sum(g), k) for g in complete])) if complete else 0.0,
         mean_at_k=float(np.mean([sum(g) / len(g) for g in complete])) if complete else 0.0,
-        mean_return=float(returns.mean()) if n else 0.0, std_return=float(returns.std()) if n else 0.0,
+        mean_return=float(returns.mean()) if n else 0.0,
+        std_return=float(returns.std()) if n else 0.0,
         mean_steps=steps / n if n else 0.0,
         invalid_action_rate=sum(t.invalid_actions for t in trajectories) / steps if steps else 0.0,
         mean_response_tokens=tokens / n if n else 0.0,
         tokens_per_s=tokens / generate_s if generate_s > 0 else 0.0,
         generate_share=generate_s / wall_s if wall_s > 0 else 0.0,
-        wall_s=wall_s, interrupted=n < expected, by_difficulty=by_difficulty,
+        wall_s=wall_s,
+        interrupted=n < expected,
+        by_difficulty=by_difficulty,
     )
 
 
-def evaluate(env_id: str, policy: str = "random", *, policy_kwargs: dict[str, Any] | None = None,
-             env_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> tuple[EvalSummary, list[Trajectory]]:
+def evaluate(
+    env_id: str,
+    policy: str = "random",
+    *,
+    policy_kwargs: dict[str, Any] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[EvalSummary, list[Trajectory]]:
     """Evaluate a registered policy by name (``random``, ``oracle``, ``smollm2``, ``hf:PATH``, ...).
 
     Builds the policy with ``policy_kwargs`` and calls ``evaluate_policy`` (see there for the other arguments).
@@ -173,8 +196,14 @@ def evaluate_policy(
         on_start(len(tasks) * k)
     writer = TrajectoryWriter(trajectories_path) if trajectories_path else None
     envs = iter([probe])
-    engine = RolloutEngine(lambda: next(envs, None) or make(env_id, **env_kwargs), agent, cfg,
-                           env_id=probe.spec_id, policy_name=policy_name, writer=writer)
+    engine = RolloutEngine(
+        lambda: next(envs, None) or make(env_id, **env_kwargs),
+        agent,
+        cfg,
+        env_id=probe.spec_id,
+        policy_name=policy_name,
+        writer=writer,
+    )
     start = time.perf_counter()
     try:
         trajectories = engine.run([(t, seed + i) for i, t in enumerate(tasks)], seed=seed, on_episode=on_episode)
@@ -191,10 +220,20 @@ def evaluate_policy(
 def episode_record(t: Trajectory) -> dict[str, Any]:
     """The compact per-episode record of ``--json``: task, return, steps, success and the final info."""
     return {
-        "task": t.task, "task_name": t.task_name, "seed": t.seed, "group": t.group, "split": t.split, "difficulty": t.difficulty,
-        "episode_return": t.episode_return, "steps": t.steps, "success": t.success,
-        "invalid_actions": t.invalid_actions, "response_tokens": t.response_tokens, "wall_s": t.wall_s,
-        "final_info": t.turns[-1].info if t.turns else {}, "warnings": t.warnings,
+        "task": t.task,
+        "task_name": t.task_name,
+        "seed": t.seed,
+        "group": t.group,
+        "split": t.split,
+        "difficulty": t.difficulty,
+        "episode_return": t.episode_return,
+        "steps": t.steps,
+        "success": t.success,
+        "invalid_actions": t.invalid_actions,
+        "response_tokens": t.response_tokens,
+        "wall_s": t.wall_s,
+        "final_info": t.turns[-1].info if t.turns else {},
+        "warnings": t.warnings,
     }
 
 

@@ -55,8 +55,15 @@ def _line_inputs(stream: TextIO) -> Iterator[str]:
         yield line.strip()
 
 
-def play(env: Any, *, seed: int = 0, task: Any = None, split: str = "train", stream: TextIO | None = None,
-         out: TextIO | None = None) -> dict[str, Any]:
+def play(
+    env: Any,
+    *,
+    seed: int = 0,
+    task: Any = None,
+    split: str = "train",
+    stream: TextIO | None = None,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
     """Run an interactive session; returns counts of episodes, steps and successes."""
     stream = stream or sys.stdin
     out = out or sys.stdout

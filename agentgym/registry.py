@@ -78,7 +78,9 @@ class EnvSpec:
 def _parse_id(env_id: str) -> tuple[str | None, str, str | None]:
     match = _ID_RE.match(env_id)
     if match is None:
-        raise RegistrationError(f"{env_id!r} is not a valid env id; use 'namespace/Name-vN', e.g. 'agentgym/Sokoban-v0'.")
+        raise RegistrationError(
+            f"{env_id!r} is not a valid env id; use 'namespace/Name-vN', e.g. 'agentgym/Sokoban-v0'."
+        )
     return match["ns"], match["name"], match["version"]
 
 
@@ -215,7 +217,9 @@ def make(env_id: str, **kwargs: Any) -> Any:
         env = creator(**merged)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
-            raise TypeError(f"{env_spec.id}: {exc}. `agentgym describe {env_spec.name.lower()}` lists its arguments.") from exc
+            raise TypeError(
+                f"{env_spec.id}: {exc}. `agentgym describe {env_spec.name.lower()}` lists its arguments."
+            ) from exc
         raise
     env.spec_id = env_spec.id
     return env
@@ -250,18 +254,32 @@ class ComponentSpec:
         return load_entry_point(self.entry_point)
 
 
-def register_policy(name: str, entry_point: str | Callable[..., Any], *, description: str = "",
-                    extra: str | None = None, requires: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
-                    override: bool = False) -> ComponentSpec:
+def register_policy(
+    name: str,
+    entry_point: str | Callable[..., Any],
+    *,
+    description: str = "",
+    extra: str | None = None,
+    requires: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    override: bool = False,
+) -> ComponentSpec:
     """Register a policy factory ``factory(env, **kwargs) -> Policy`` under ``name``."""
     spec_ = ComponentSpec(name, entry_point, description, extra, tuple(requires))
     _policies.add(name, spec_, (name, *aliases), override=override)
     return spec_
 
 
-def register_trainer(name: str, entry_point: str | Callable[..., Any], *, description: str = "",
-                     extra: str | None = None, requires: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
-                     override: bool = False) -> ComponentSpec:
+def register_trainer(
+    name: str,
+    entry_point: str | Callable[..., Any],
+    *,
+    description: str = "",
+    extra: str | None = None,
+    requires: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    override: bool = False,
+) -> ComponentSpec:
     """Register a trainer under ``name``."""
     spec_ = ComponentSpec(name, entry_point, description, extra, tuple(requires))
     _trainers.add(name, spec_, (name, *aliases), override=override)

@@ -21,8 +21,9 @@ def plot_success_by_difficulty(summary: Any, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 3.2))
     bars = ax.bar(labels, rates, color="#4c72b0")
     for bar, n in zip(bars, counts):
-        ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=8)
+        ax.annotate(
+            f"n={n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
     ax.set_xlabel("difficulty")
@@ -43,7 +44,8 @@ def write_report(out_dir: str | Path, summary: Any, trajectories: list[Trajector
         f"# Evaluation: {summary.env_id} with `{summary.policy}`",
         "",
         f"Split `{summary.split}`, {summary.tasks} tasks x k={summary.k} = {summary.episodes} episodes"
-        + (" (interrupted: partial results)" if summary.interrupted else "") + ".",
+        + (" (interrupted: partial results)" if summary.interrupted else "")
+        + ".",
         "",
         "| metric | value |",
         "|---|---|",
@@ -61,8 +63,10 @@ def write_report(out_dir: str | Path, summary: Any, trajectories: list[Trajector
         "",
         "| difficulty | episodes | success | mean return |",
         "|---|---|---|---|",
-        *[f"| {label} | {row['episodes']} | {row['success_rate']:.1%} | {row['mean_return']:.3f} |"
-          for label, row in summary.by_difficulty.items()],
+        *[
+            f"| {label} | {row['episodes']} | {row['success_rate']:.1%} | {row['mean_return']:.3f} |"
+            for label, row in summary.by_difficulty.items()
+        ],
         "",
     ]
     if plot is not None:
@@ -90,9 +94,14 @@ def write_training_report(run: Any) -> Path:
 
     records = run.metrics()
     config = run.read_config()
-    panels = [("return_mean", "train return"), ("success_rate", "train success"),
-              ("eval/dev/success_rate", "held-out (dev) success"), ("entropy", "token entropy"),
-              ("approx_kl", "approx. KL to behaviour policy"), ("generate_tokens_per_s", "generation tokens/s")]
+    panels = [
+        ("return_mean", "train return"),
+        ("success_rate", "train success"),
+        ("eval/dev/success_rate", "held-out (dev) success"),
+        ("entropy", "token entropy"),
+        ("approx_kl", "approx. KL to behaviour policy"),
+        ("generate_tokens_per_s", "generation tokens/s"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for ax, (key, title) in zip(axes.flat, panels):
         xs, ys = _series(records, key)

@@ -79,8 +79,16 @@ class RolloutEngine:
         writer: streams each finished trajectory to JSONL.
     """
 
-    def __init__(self, make_env: Callable[[], Any], policy: Any, config: RolloutConfig | None = None, *,
-                 env_id: str = "", policy_name: str = "", writer: TrajectoryWriter | None = None) -> None:
+    def __init__(
+        self,
+        make_env: Callable[[], Any],
+        policy: Any,
+        config: RolloutConfig | None = None,
+        *,
+        env_id: str = "",
+        policy_name: str = "",
+        writer: TrajectoryWriter | None = None,
+    ) -> None:
         self.make_env, self.policy = make_env, policy
         self.config = config or RolloutConfig()
         self.env_id, self.policy_name, self.writer = env_id, policy_name, writer
@@ -97,8 +105,13 @@ class RolloutEngine:
             self._pool.shutdown()
 
     # ------------------------------------------------------------------ public
-    def run(self, jobs: Sequence[tuple[Hashable, int]], *, seed: int = 0,
-            on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+    def run(
+        self,
+        jobs: Sequence[tuple[Hashable, int]],
+        *,
+        seed: int = 0,
+        on_episode: Callable[[Trajectory], None] | None = None,
+    ) -> list[Trajectory]:
         """Run every job ``group_size`` times; returns trajectories in completion order.
 
         Ctrl-C stops the run and returns what finished (already streamed to the writer, if any).
@@ -137,9 +150,16 @@ class RolloutEngine:
         obs, info = env.reset(seed=seed, options={"task": task})
         memory = self.policy.begin(env, obs, info) if hasattr(self.policy, "begin") else None
         names = getattr(env.unwrapped.task_set, "names", None)  # finite task sets (level files) name their tasks
-        trajectory = Trajectory(env_id=self.env_id, task=to_jsonable(task), seed=seed, group=group,
-                                split=str(info.get("split", "")), difficulty=info.get("difficulty"),
-                                task_name=names[int(task)] if names else None, policy=self.policy_name)
+        trajectory = Trajectory(
+            env_id=self.env_id,
+            task=to_jsonable(task),
+            seed=seed,
+            group=group,
+            split=str(info.get("split", "")),
+            difficulty=info.get("difficulty"),
+            task_name=names[int(task)] if names else None,
+            policy=self.policy_name,
+        )
         return _Episode(env, trajectory, obs, memory, time.perf_counter())
 
     def _turn(self, live: dict[int, _Episode], rng: np.random.Generator) -> list[int]:
@@ -160,20 +180,29 @@ class RolloutEngine:
             return out, time.perf_counter() - t0
 
         start = time.perf_counter()
-        results = list(self._pool.map(step, range(len(episodes)))) if self._pool else [step(i) for i in
-                                                                                       range(len(episodes))]
+        results = (
+            list(self._pool.map(step, range(len(episodes)))) if self._pool else [step(i) for i in range(len(episodes))]
+        )
         self.env_s += time.perf_counter() - start
         finished = []
         for i, (slot, episode) in enumerate(zip(slots, episodes)):
             (obs, reward, terminated, truncated, info), env_s = results[i]
             meta = per_episode[i]
             traj = episode.trajectory
-            traj.turns.append(Turn(
-                observation=texts[i], action=to_jsonable(batch.actions[i]), reward=float(reward),
-                action_valid=bool(info.get("action_valid", True)), info=to_jsonable(info),
-                prompt_tokens=int(meta.get("prompt_tokens", 0)), response_tokens=int(meta.get("response_tokens", 0)),
-                finish_reason=str(meta.get("finish_reason", "")), generate_s=gen_s / len(episodes), env_s=env_s,
-            ))
+            traj.turns.append(
+                Turn(
+                    observation=texts[i],
+                    action=to_jsonable(batch.actions[i]),
+                    reward=float(reward),
+                    action_valid=bool(info.get("action_valid", True)),
+                    info=to_jsonable(info),
+                    prompt_tokens=int(meta.get("prompt_tokens", 0)),
+                    response_tokens=int(meta.get("response_tokens", 0)),
+                    finish_reason=str(meta.get("finish_reason", "")),
+                    generate_s=gen_s / len(episodes),
+                    env_s=env_s,
+                )
+            )
             traj.warnings.extend(meta.get("warnings", ()))
             traj.episode_return += float(reward)
             traj.success = bool(info.get("success", False))
@@ -192,8 +221,9 @@ class RolloutEngine:
             traj.warnings.append(f"turn budget reached ({cfg.max_turns} turns); episode truncated")
             return True
         if cfg.max_episode_tokens is not None and traj.response_tokens >= cfg.max_episode_tokens:
-            traj.warnings.append(f"token budget reached ({traj.response_tokens} >= {cfg.max_episode_tokens}); "
-                                 "episode truncated")
+            traj.warnings.append(
+                f"token budget reached ({traj.response_tokens} >= {cfg.max_episode_tokens}); episode truncated"
+            )
             return True
         return False
 

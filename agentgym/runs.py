@@ -84,8 +84,9 @@ class RunDir:
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], state: dict[str, Any], *,
-                        keep: int = 2) -> Path | None:
+    def save_checkpoint(
+        self, step: int, write: Callable[[Path], None], state: dict[str, Any], *, keep: int = 2
+    ) -> Path | None:
         """Write a checkpoint atomically; returns its path, or None when the save failed (logged, run goes on)."""
         root = self.path / "checkpoints"
         final = root / f"step-{step:06d}"

@@ -92,6 +92,7 @@ class SeedTasks(TaskSet):
         self._cache: dict[int, str] = {}
 
     def split_of(self, task: Hashable) -> str:
+        """The split of a seed: the hash bucket of what it generates (cached)."""
         if not isinstance(task, (int, np.integer)) or not 0 <= int(task) < self._max_seed:
             raise TaskError(f"Task {task!r} is not a seed in [0, {self._max_seed}); pass an int seed as the task.")
         seed = int(task)
@@ -104,6 +105,7 @@ class SeedTasks(TaskSet):
         return split
 
     def sample(self, split: str, rng: np.random.Generator) -> int:
+        """Draw seeds with ``rng`` until one falls in ``split``."""
         _check_split(split, SPLITS)
         for _ in range(10_000):
             seed = int(rng.integers(0, self._max_seed))
@@ -112,6 +114,7 @@ class SeedTasks(TaskSet):
         raise TaskError(f"Could not draw a {split!r} task in 10000 tries; the split fractions are too skewed.")
 
     def tasks(self, split: str, n: int | None = None) -> list[int]:
+        """The first ``n`` seeds (counting up from 0) that fall in ``split``."""
         _check_split(split, SPLITS)
         if n is None:
             raise TaskError("This task set is unbounded; ask for a number of tasks (n=...).")
@@ -124,6 +127,7 @@ class SeedTasks(TaskSet):
         return out
 
     def difficulty(self, task: Hashable) -> str | None:
+        """The set's label (every seed has the same difficulty)."""
         return self._label
 
 
@@ -157,11 +161,13 @@ class ListTasks(TaskSet):
         return len(self._splits)
 
     def split_of(self, task: Hashable) -> str:
+        """The split of a task index."""
         if not isinstance(task, (int, np.integer)) or not 0 <= int(task) < len(self._splits):
             raise TaskError(f"Task {task!r} is not a level index in [0, {len(self._splits)}).")
         return self._splits[int(task)]
 
     def sample(self, split: str, rng: np.random.Generator) -> int:
+        """A uniform draw among the split's tasks."""
         members = self.tasks(split)
         if not members:
             raise TaskError(
@@ -170,9 +176,11 @@ class ListTasks(TaskSet):
         return members[int(rng.integers(len(members)))]
 
     def tasks(self, split: str, n: int | None = None) -> list[int]:
+        """The split's task indices in file order (``all``: every task)."""
         _check_split(split, (*SPLITS, ALL))
         members = [i for i, s in enumerate(self._splits) if split == ALL or s == split]
         return members if n is None else members[:n]
 
     def difficulty(self, task: Hashable) -> str | None:
+        """The task's own label."""
         return self._labels[int(task)]  # type: ignore[arg-type]

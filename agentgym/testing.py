@@ -54,7 +54,10 @@ def deep_equal(a: Any, b: Any) -> bool:
     """Exact structural equality over dicts, sequences, numpy arrays and scalars (NaN equals NaN)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (
-            isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
             and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
         )
     if isinstance(a, dict):
@@ -170,7 +173,8 @@ def check_state_roundtrip(env_id: str, *, steps: int = 30, seed: int = 0, **kwar
     for label, trace in (("the same env", same_env), ("a fresh env", fresh_env)):
         if len(trace) != len(original) or not all(map(_transition_equal, original, trace)):
             raise ContractError(f"After set_state in {label}, the env did not continue exactly like the original.")
-    return f"restored state continued identically for {steps} steps, {len(original) - steps} unseeded resets (same and fresh env)"
+    resets = len(original) - steps
+    return f"restored state continued identically for {steps} steps, {resets} unseeded resets (same and fresh env)"
 
 
 def check_oracle(
@@ -199,11 +203,15 @@ def check_oracle(
     if not tasks:
         raise ContractError(f"No {split!r} tasks to run the oracle on.")
     if rate < min_success:
-        raise ContractError(f"The oracle succeeded on {successes}/{len(tasks)} tasks; at least {min_success:.0%} needed.")
+        raise ContractError(
+            f"The oracle succeeded on {successes}/{len(tasks)} tasks; at least {min_success:.0%} needed."
+        )
     return f"oracle solved {successes}/{len(tasks)} {split} tasks (mean {np.mean(steps_taken):.1f} steps)"
 
 
-def check_env(env_id: str, *, seed: int = 0, steps: int = 50, raise_on_failure: bool = True, **kwargs: Any) -> CheckReport:
+def check_env(
+    env_id: str, *, seed: int = 0, steps: int = 50, raise_on_failure: bool = True, **kwargs: Any
+) -> CheckReport:
     """Run the four contract checks on a registered env; settings come from its spec's ``check`` dict."""
     env_spec = spec(env_id)
     cfg = env_spec.check
@@ -213,9 +221,16 @@ def check_env(env_id: str, *, seed: int = 0, steps: int = 50, raise_on_failure: 
         ("gymnasium checker", lambda: check_gymnasium(env_spec.id, **make_kwargs)),
         ("determinism", lambda: check_determinism(env_spec.id, steps=steps, seed=seed, **make_kwargs)),
         ("state round-trip", lambda: check_state_roundtrip(env_spec.id, seed=seed, **make_kwargs)),
-        ("oracle solves", lambda: check_oracle(
-            env_spec.id, episodes=cfg.get("oracle_episodes", 5), min_success=cfg.get("oracle_min_success", 1.0),
-            seed=seed, **oracle_kwargs)),
+        (
+            "oracle solves",
+            lambda: check_oracle(
+                env_spec.id,
+                episodes=cfg.get("oracle_episodes", 5),
+                min_success=cfg.get("oracle_min_success", 1.0),
+                seed=seed,
+                **oracle_kwargs,
+            ),
+        ),
     ]
     report = CheckReport(env_spec.id)
     for name, fn in checks:

@@ -27,8 +27,17 @@ def print_config_help(console: Console, trainer: str) -> None:
     console.print(table)
 
 
-def train(console: Console, *, env: str | None, trainer: str | None, overrides: list[str],
-          config_file: str | None, out: str | None, resume: str | None, env_kwargs: dict[str, Any]) -> int:
+def train(
+    console: Console,
+    *,
+    env: str | None,
+    trainer: str | None,
+    overrides: list[str],
+    config_file: str | None,
+    out: str | None,
+    resume: str | None,
+    env_kwargs: dict[str, Any],
+) -> int:
     """Build (or resume) a run and train it; returns the process exit code."""
     base: dict[str, Any] = {}
     if resume is not None:
@@ -50,17 +59,25 @@ def train(console: Console, *, env: str | None, trainer: str | None, overrides: 
     if resume is None:
         name = f"{spec(config.env.id).name.lower()}-{trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = RunDir(out or Path("runs") / name)
-    console.print(f"[bold]agentgym train[/bold] {trainer} on {config.env.id} -> {run.path}"
-                  f"{' (resuming)' if resume else ''}")
+    console.print(
+        f"[bold]agentgym train[/bold] {trainer} on {config.env.id} -> {run.path}{' (resuming)' if resume else ''}"
+    )
     trainer_obj = cls(config, run)
-    columns = (TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("iterations", total=config.iterations, stats="evaluating before training ...")
 
         def on_iteration(done: int, metrics: dict[str, Any]) -> None:
-            stats = (f"return {metrics.get('return_mean', 0):+.2f}  success {metrics.get('success_rate', 0):.0%}  "
-                     f"loss {metrics.get('loss', 0):+.4f}  {metrics.get('iteration_s', 0):.0f}s/it")
+            stats = (
+                f"return {metrics.get('return_mean', 0):+.2f}  success {metrics.get('success_rate', 0):.0%}  "
+                f"loss {metrics.get('loss', 0):+.4f}  {metrics.get('iteration_s', 0):.0f}s/it"
+            )
             progress.update(bar, completed=done, stats=stats)
 
         try:

@@ -32,8 +32,14 @@ class Policy(Protocol):
     learned policies must not.
     """
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
-            memories: Sequence[Any] | None = None) -> ActionBatch:
+    def act(
+        self,
+        observations: Sequence[Any],
+        *,
+        envs: Sequence[Any],
+        rng: np.random.Generator,
+        memories: Sequence[Any] | None = None,
+    ) -> ActionBatch:
         """Choose one action per observation.
 
         ``memories`` are the per-episode objects returned by the policy's optional ``begin(env, obs, info)``

@@ -9,14 +9,32 @@ def register_policies() -> None:
 
     register_policy("random", "policies.baselines:RandomPolicy", description="Uniform over the env's action space.")
     register_policy(
-        "oracle", "policies.baselines:OraclePolicy", description="The env's expert (solver or search) via oracle_action()."
+        "oracle",
+        "policies.baselines:OraclePolicy",
+        description="The env's expert (solver or search) via oracle_action().",
     )
     llm = {"extra": "llm", "requires": ("torch", "transformers")}
-    register_policy("smollm2", "policies.llm:make_smollm2_policy",
-                    description="The embedded default LLM, SmolLM2-135M-Instruct, on the transformers backend.", **llm)
-    register_policy("hf", "policies.llm:make_hf_policy",
-                    description="Any local transformers model: hf:PATH (CPU or GPU; the trainable backend).", **llm)
-    register_policy("vllm", "policies.llm:make_vllm_policy", extra="vllm", requires=("vllm",),
-                    description="vllm's offline engine on a GPU: vllm:PATH (fast rollouts).")
-    register_policy("openai", "policies.llm.openai_backend:make_openai_policy",
-                    description="Any OpenAI-compatible chat server: openai:MODEL (OPENAI_BASE_URL, OPENAI_API_KEY).")
+    register_policy(
+        "smollm2",
+        "policies.llm:make_smollm2_policy",
+        description="The embedded default LLM, SmolLM2-135M-Instruct, on the transformers backend.",
+        **llm,
+    )
+    register_policy(
+        "hf",
+        "policies.llm:make_hf_policy",
+        description="Any local transformers model: hf:PATH (CPU or GPU; the trainable backend).",
+        **llm,
+    )
+    register_policy(
+        "vllm",
+        "policies.llm:make_vllm_policy",
+        extra="vllm",
+        requires=("vllm",),
+        description="vllm's offline engine on a GPU: vllm:PATH (fast rollouts).",
+    )
+    register_policy(
+        "openai",
+        "policies.llm.openai_backend:make_openai_policy",
+        description="Any OpenAI-compatible chat server: openai:MODEL (OPENAI_BASE_URL, OPENAI_API_KEY).",
+    )

@@ -16,8 +16,14 @@ class RandomPolicy:
     def __init__(self, env: Any | None = None) -> None:
         del env  # the action space is read per call, so one instance serves envs of different sizes
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
-            memories: Sequence[Any] | None = None) -> ActionBatch:
+    def act(
+        self,
+        observations: Sequence[Any],
+        *,
+        envs: Sequence[Any],
+        rng: np.random.Generator,
+        memories: Sequence[Any] | None = None,
+    ) -> ActionBatch:
         """One uniform action per env."""
         actions = []
         for env in envs:
@@ -40,7 +46,13 @@ class OraclePolicy:
     def __init__(self, env: Any | None = None) -> None:
         del env
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
-            memories: Sequence[Any] | None = None) -> ActionBatch:
+    def act(
+        self,
+        observations: Sequence[Any],
+        *,
+        envs: Sequence[Any],
+        rng: np.random.Generator,
+        memories: Sequence[Any] | None = None,
+    ) -> ActionBatch:
         """The oracle's action for each env's current state."""
         return ActionBatch([env.unwrapped.oracle_action() for env in envs])

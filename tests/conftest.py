@@ -23,8 +23,9 @@ def corridor_cls():
 @pytest.fixture(scope="session")
 def corridor_id(corridor_cls) -> str:
     """Register the corridor in this process, exactly as its plugin entry point does, and return its id."""
-    import agentgym
     from agentgym_corridor import register_envs
+
+    import agentgym
 
     try:
         return agentgym.spec("corridor/Corridor-v0").id
@@ -57,10 +58,17 @@ def tiny_backend(smol_tokenizer):
 
     def build(seed: int = 0, context: int = 2048, **lora):
         torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=context, eos_token_id=smol_tokenizer.eos_token_id,
-                             pad_token_id=0)
+        config = LlamaConfig(
+            vocab_size=len(smol_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=context,
+            eos_token_id=smol_tokenizer.eos_token_id,
+            pad_token_id=0,
+        )
         return HFBackend.from_model(LlamaForCausalLM(config), smol_tokenizer, **lora)
 
     return build

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 
 import pytest
 
@@ -13,7 +13,11 @@ from agentgym.play import play
 
 def test_parse_kwargs_reads_yaml_values():
     assert parse_kwargs(["level_file=a.xsb", "dim_room=[6, 6]", "num_boxes=2", "p=0.5", "flag=true"]) == {
-        "level_file": "a.xsb", "dim_room": [6, 6], "num_boxes": 2, "p": 0.5, "flag": True,
+        "level_file": "a.xsb",
+        "dim_room": [6, 6],
+        "num_boxes": 2,
+        "p": 0.5,
+        "flag": True,
     }
     with pytest.raises(AgentGymError, match="KEY=VALUE"):
         parse_kwargs(["novalue"])
@@ -54,8 +58,21 @@ def test_random_policy_is_worse_than_oracle_on_the_same_tasks(tmp_path, corridor
     out = {}
     for policy in ("random", "oracle"):
         path = tmp_path / f"{policy}.json"
-        main(["eval", "--env", corridor_id, "--policy", policy, "-n", "20", "--json", str(path),
-              "--env-kwargs", "length=8"])
+        main(
+            [
+                "eval",
+                "--env",
+                corridor_id,
+                "--policy",
+                policy,
+                "-n",
+                "20",
+                "--json",
+                str(path),
+                "--env-kwargs",
+                "length=8",
+            ]
+        )
         out[policy] = json.loads(path.read_text())
     tasks = [r["task"] for r in out["oracle"]["episodes"]]
     assert tasks == [r["task"] for r in out["random"]["episodes"]]

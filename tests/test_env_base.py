@@ -45,8 +45,11 @@ def test_reset_options_select_tasks_and_splits(corridor_cls):
 
 
 def test_obs_modes_and_bad_constructor_arguments(corridor_cls):
-    for mode, check in (("dict", lambda o: set(o) == {"text", "struct"}), ("struct", lambda o: o.shape == (5,)),
-                        ("text", lambda o: isinstance(o, str))):
+    for mode, check in (
+        ("dict", lambda o: set(o) == {"text", "struct"}),
+        ("struct", lambda o: o.shape == (5,)),
+        ("text", lambda o: isinstance(o, str)),
+    ):
         env = corridor_cls(obs_mode=mode)
         obs, _ = env.reset(seed=0)
         assert check(obs) and obs in env.observation_space

@@ -58,8 +58,11 @@ def test_duplicate_and_malformed_ids_are_rejected(corridor_cls):
 
 def test_missing_extra_names_the_install_command():
     agentgym.register(
-        id="testns/NeedsExtra-v0", entry_point="nowhere:Env", requires=("a_module_that_does_not_exist_42",),
-        extra="graph", override=True,
+        id="testns/NeedsExtra-v0",
+        entry_point="nowhere:Env",
+        requires=("a_module_that_does_not_exist_42",),
+        extra="graph",
+        override=True,
     )
     with pytest.raises(MissingExtraError) as info:
         agentgym.make("testns/NeedsExtra-v0")

@@ -25,8 +25,13 @@ class CountingRandom:
 
 
 def _engine(corridor_id, policy, **cfg):
-    return RolloutEngine(lambda: agentgym.make(corridor_id, length=6, max_steps=8), policy, RolloutConfig(**cfg),
-                         env_id=corridor_id, policy_name="test")
+    return RolloutEngine(
+        lambda: agentgym.make(corridor_id, length=6, max_steps=8),
+        policy,
+        RolloutConfig(**cfg),
+        env_id=corridor_id,
+        policy_name="test",
+    )
 
 
 def test_one_policy_call_per_turn_for_all_live_episodes(corridor_id):
@@ -44,7 +49,8 @@ def test_groups_share_task_and_seed_and_are_deterministic(corridor_id):
     a = _engine(corridor_id, CountingRandom(), num_envs=3, group_size=4).run(jobs, seed=1)
     b = _engine(corridor_id, CountingRandom(), num_envs=3, group_size=4).run(jobs, seed=1)
     assert sorted((t.task, t.seed, t.group) for t in a) == sorted(
-        (task, seed, g) for task, seed in jobs for g in range(4))
+        (task, seed, g) for task, seed in jobs for g in range(4)
+    )
     assert [(t.task, t.group, t.episode_return) for t in a] == [(t.task, t.group, t.episode_return) for t in b]
     starts = {}
     for t in a:  # copies of a group start from the same observation
@@ -84,8 +90,9 @@ def test_ctrl_c_keeps_finished_episodes(corridor_id):
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    trajs = _engine(corridor_id, CountingRandom(), num_envs=1).run([(t, t) for t in range(5)],
-                                                                  on_episode=interrupt_after_two)
+    trajs = _engine(corridor_id, CountingRandom(), num_envs=1).run(
+        [(t, t) for t in range(5)], on_episode=interrupt_after_two
+    )
     assert len(trajs) == 2
 
 
@@ -111,8 +118,27 @@ def test_pass_at_k_and_wilson_golden_values():
 
 def test_eval_with_k_reports_pass_at_k_and_writes_report(tmp_path, corridor_id):
     out = tmp_path / "run"
-    assert main(["eval", "--env", corridor_id, "--policy", "random", "-n", "5", "--k", "4", "--out", str(out),
-                 "--env-kwargs", "length=6", "max_steps=6"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--env",
+                corridor_id,
+                "--policy",
+                "random",
+                "-n",
+                "5",
+                "--k",
+                "4",
+                "--out",
+                str(out),
+                "--env-kwargs",
+                "length=6",
+                "max_steps=6",
+            ]
+        )
+        == 0
+    )
     import json
 
     summary = json.loads((out / "summary.json").read_text())["summary"]

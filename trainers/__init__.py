@@ -12,9 +12,21 @@ def register_trainers() -> None:
     from agentgym.registry import register_trainer
 
     llm = {"extra": "llm", "requires": ("torch", "transformers")}
-    register_trainer("loop", "trainers.loop:LoopTrainer", **llm,
-                     description="Leave-one-out PPO: K rollouts per task, LOO advantage, per-token clip, no critic.")
-    register_trainer("grpo", "trainers.grpo:GRPOTrainer", **llm,
-                     description="Group-normalised advantages, PPO clip, k3 KL to the initial model in the loss.")
-    register_trainer("rloo", "trainers.rloo:RLOOTrainer", **llm,
-                     description="On-policy REINFORCE with a leave-one-out baseline, KL in the reward.")
+    register_trainer(
+        "loop",
+        "trainers.loop:LoopTrainer",
+        **llm,
+        description="Leave-one-out PPO: K rollouts per task, LOO advantage, per-token clip, no critic.",
+    )
+    register_trainer(
+        "grpo",
+        "trainers.grpo:GRPOTrainer",
+        **llm,
+        description="Group-normalised advantages, PPO clip, k3 KL to the initial model in the loss.",
+    )
+    register_trainer(
+        "rloo",
+        "trainers.rloo:RLOOTrainer",
+        **llm,
+        description="On-policy REINFORCE with a leave-one-out baseline, KL in the reward.",
+    )

@@ -1,5 +1,8 @@
-"""Pieces every LLM trainer shares: config sections, building the policy, turning trajectories into tensors,
-scoring them with the trainer's model, and saving/loading checkpoints."""
+"""Pieces every LLM trainer shares.
+
+Config sections, building the policy, turning trajectories into tensors, scoring them with the trainer's model,
+and saving/loading checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -65,8 +68,11 @@ def build_backend(section: PolicySection, *, model: str | None = None) -> Any:
     """Load the trainable HF backend described by ``section`` (``model`` overrides the path, for resuming)."""
     from policies.llm.hf import HFBackend, LoraSettings
 
-    lora = LoraSettings(r=section.lora_r, alpha=section.lora_alpha, target_modules=section.lora_targets) \
-        if section.lora else None
+    lora = (
+        LoraSettings(r=section.lora_r, alpha=section.lora_alpha, target_modules=section.lora_targets)
+        if section.lora
+        else None
+    )
     backend = HFBackend(model or section.model, device=section.device, dtype=section.dtype, lora=lora)
     if section.gradient_checkpointing and hasattr(backend.model, "gradient_checkpointing_enable"):
         backend.model.gradient_checkpointing_enable()
@@ -77,11 +83,18 @@ def build_policy(backend: Any, section: PolicySection, *, temperature: float | N
     """An ``LLMPolicy`` over ``backend`` with the section's sampling and prompt settings."""
     from policies.llm.policy import LLMPolicy, LLMPolicyConfig
 
-    return LLMPolicy(backend, LLMPolicyConfig(
-        temperature=section.temperature if temperature is None else temperature, max_new_tokens=section.max_new_tokens,
-        think=section.think, guided=section.guided, context_tokens=section.context_tokens,
-        history_turns=section.history_turns, hints=section.hints,
-    ))
+    return LLMPolicy(
+        backend,
+        LLMPolicyConfig(
+            temperature=section.temperature if temperature is None else temperature,
+            max_new_tokens=section.max_new_tokens,
+            think=section.think,
+            guided=section.guided,
+            context_tokens=section.context_tokens,
+            history_turns=section.history_turns,
+            hints=section.hints,
+        ),
+    )
 
 
 @dataclass
@@ -108,9 +121,13 @@ class TokenBatch:
         """A sub-batch, trimmed to its longest row."""
         index = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask[index].sum(1).max())
-        return TokenBatch(self.input_ids[index, :width], self.attention_mask[index, :width],
-                          self.loss_mask[index, :width - 1], self.sampled_logp[index, :width - 1],
-                          self.turn_ids[index, :width - 1])
+        return TokenBatch(
+            self.input_ids[index, :width],
+            self.attention_mask[index, :width],
+            self.loss_mask[index, : width - 1],
+            self.sampled_logp[index, : width - 1],
+            self.turn_ids[index, : width - 1],
+        )
 
 
 def token_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TokenBatch:
@@ -141,8 +158,9 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TokenBatch:
 def score(backend: Any, batch: TokenBatch, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropies of ``batch`` under the backend's current parameters."""
     device = backend.device
-    return backend.sequence_logprobs(batch.input_ids.to(device), batch.attention_mask.to(device),
-                                     temperature=temperature)
+    return backend.sequence_logprobs(
+        batch.input_ids.to(device), batch.attention_mask.to(device), temperature=temperature
+    )
 
 
 def save_policy(backend: Any, optimizer: torch.optim.Optimizer, directory: Path) -> None:

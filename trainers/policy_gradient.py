@@ -32,8 +32,19 @@ from agentgym.registry import make
 from agentgym.rollout import RolloutConfig, RolloutEngine
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
-from trainers.common import (Aggregation, EnvSection, PolicySection, RatioLevel, TokenBatch, build_backend,
-                             build_policy, load_optimizer, save_policy, score, token_batch)
+from trainers.common import (
+    Aggregation,
+    EnvSection,
+    PolicySection,
+    RatioLevel,
+    TokenBatch,
+    build_backend,
+    build_policy,
+    load_optimizer,
+    save_policy,
+    score,
+    token_batch,
+)
 
 
 @dataclass(frozen=True)
@@ -99,13 +110,23 @@ class PolicyGradientConfig:
     """Seed of task sampling, rollout sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "tasks_per_iteration", "group_size", "num_envs", "epochs", "minibatch_size",
-                     "micro_batch_size", "eval_tasks"):
+        for name in (
+            "iterations",
+            "tasks_per_iteration",
+            "group_size",
+            "num_envs",
+            "epochs",
+            "minibatch_size",
+            "micro_batch_size",
+            "eval_tasks",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.micro_batch_size > self.minibatch_size:
-            raise ConfigError(f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
-                              f"{self.minibatch_size}; set micro_batch_size <= minibatch_size.")
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
+                f"{self.minibatch_size}; set micro_batch_size <= minibatch_size."
+            )
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr={self.lr} must be a positive number.")
         if not 0 < self.clip_eps < 1:
@@ -135,8 +156,9 @@ class PolicyGradientTrainer:
         self.run = run
         torch.manual_seed(config.seed)
         self.backend = backend if backend is not None else build_backend(config.policy)
-        self.optimizer = torch.optim.AdamW(self.backend.trainable_parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.backend.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.reference = self._reference_model() if config.kl_coef > 0 else None
         self.env_id = make(config.env.id, **config.env.kwargs).spec_id
         self.iteration = 0
@@ -157,10 +179,13 @@ class PolicyGradientTrainer:
         rng = np.random.default_rng([cfg.seed, iteration, 1])
         task_set = self.make_env().unwrapped.task_set
         jobs = [(task_set.sample("train", rng), int(rng.integers(2**31))) for _ in range(cfg.tasks_per_iteration)]
-        engine = RolloutEngine(self.make_env, build_policy(self.backend, cfg.policy),
-                               RolloutConfig(num_envs=cfg.num_envs, group_size=cfg.group_size,
-                                             max_turns=cfg.env.max_turns),
-                               env_id=self.env_id, policy_name=f"{self.name}@{iteration}")
+        engine = RolloutEngine(
+            self.make_env,
+            build_policy(self.backend, cfg.policy),
+            RolloutConfig(num_envs=cfg.num_envs, group_size=cfg.group_size, max_turns=cfg.env.max_turns),
+            env_id=self.env_id,
+            policy_name=f"{self.name}@{iteration}",
+        )
         self.backend.model.eval()
         with torch.no_grad():
             trajectories = engine.run(jobs, seed=int(rng.integers(2**31)))
@@ -189,7 +214,7 @@ class PolicyGradientTrainer:
         if not keep:
             return {**stats, "update_skipped_no_signal": 1.0}
         batch = batch.select(keep)
-        old_logp = old_logp[keep, :batch.loss_mask.shape[1]]
+        old_logp = old_logp[keep, : batch.loss_mask.shape[1]]
         advantages = adv[keep]
         steps = skipped = 0
         logs: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "approx_kl": []}
@@ -198,7 +223,7 @@ class PolicyGradientTrainer:
         for _ in range(cfg.epochs):
             order = torch.randperm(len(keep), generator=gen)
             for start in range(0, len(keep), cfg.minibatch_size):
-                result = self._minibatch(batch, order[start:start + cfg.minibatch_size], advantages, old_logp)
+                result = self._minibatch(batch, order[start : start + cfg.minibatch_size], advantages, old_logp)
                 if result is None:
                     skipped += 1
                     continue
@@ -209,8 +234,9 @@ class PolicyGradientTrainer:
                     stats["divergence_stop"] = 1.0
                     break
         stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
-        stats.update(optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped),
-                     train_tokens=float(batch.tokens))
+        stats.update(
+            optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped), train_tokens=float(batch.tokens)
+        )
         return stats
 
     def _behaviour_logprobs(self, batch: TokenBatch) -> torch.Tensor:
@@ -221,18 +247,18 @@ class PolicyGradientTrainer:
             for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
                 rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
                 logp, _ = score(self.backend, batch.select(rows), temperature=self.cfg.policy.temperature)
-                parts.append(torch.nn.functional.pad(logp.float().cpu(),
-                                                     (0, batch.loss_mask.shape[1] - logp.shape[1])))
+                parts.append(torch.nn.functional.pad(logp.float().cpu(), (0, batch.loss_mask.shape[1] - logp.shape[1])))
         return torch.cat(parts)
 
-    def _minibatch(self, batch: TokenBatch, rows: torch.Tensor, advantages: torch.Tensor,
-                   old_logp: torch.Tensor) -> dict[str, float] | None:
+    def _minibatch(
+        self, batch: TokenBatch, rows: torch.Tensor, advantages: torch.Tensor, old_logp: torch.Tensor
+    ) -> dict[str, float] | None:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         divisor = float(cfg.minibatch_size) if cfg.agg_divisor_minibatch else float(len(rows))
         totals = {"loss": 0.0, "clip_frac": 0.0, "entropy": 0.0, "approx_kl": 0.0, "traj_k1": 0.0}
         for start in range(0, len(rows), cfg.micro_batch_size):
-            micro = rows[start:start + cfg.micro_batch_size]
+            micro = rows[start : start + cfg.micro_batch_size]
             sub = batch.select(micro)
             width = sub.loss_mask.shape[1]
             logp, entropy = score(self.backend, sub, temperature=cfg.policy.temperature)
@@ -244,9 +270,18 @@ class PolicyGradientTrainer:
                 kl = ops.kl_estimate(logp, self._reference_logp(sub).to(device), cfg.kl_estimator, mask=mask)
             # Each micro-batch's loss is a mean over its sequences; weight it by its share of the minibatch so
             # accumulation gives the minibatch mean (or LOOP's constant divisor).
-            loss, st = ops.policy_loss(logp, old_logp[micro, :width].to(device), adv_tokens, mask,
-                                       ratio_level=cfg.ratio_level, turn_ids=sub.turn_ids.to(device).clamp(min=0),
-                                       clip=cfg.clip, agg=cfg.agg, kl=kl, kl_coef=cfg.kl_coef)
+            loss, st = ops.policy_loss(
+                logp,
+                old_logp[micro, :width].to(device),
+                adv_tokens,
+                mask,
+                ratio_level=cfg.ratio_level,
+                turn_ids=sub.turn_ids.to(device).clamp(min=0),
+                clip=cfg.clip,
+                agg=cfg.agg,
+                kl=kl,
+                kl_coef=cfg.kl_coef,
+            )
             scaled = loss * (len(micro) / divisor)
             if not torch.isfinite(scaled):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -294,8 +329,12 @@ class PolicyGradientTrainer:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, iteration: int) -> None:
         """Save policy, optimizer and progress after ``iteration`` iterations."""
-        state = {"iteration": iteration, "trainer": self.name, "python_random": random.getstate()[1][0],
-                 "torch_rng": torch.get_rng_state().tolist()}
+        state = {
+            "iteration": iteration,
+            "trainer": self.name,
+            "python_random": random.getstate()[1][0],
+            "torch_rng": torch.get_rng_state().tolist(),
+        }
         self.run.save_checkpoint(iteration, lambda d: save_policy(self.backend, self.optimizer, d), state)
 
     def restore(self) -> int:
@@ -310,8 +349,9 @@ class PolicyGradientTrainer:
             self.backend.load_adapter(path / "policy")
         else:
             self.backend = build_backend(self.cfg.policy, model=str(path / "policy"))
-        self.optimizer = torch.optim.AdamW(self.backend.trainable_parameters(), lr=self.cfg.lr,
-                                           weight_decay=self.cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.backend.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
         load_optimizer(self.optimizer, path)
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.run.truncate_metrics(int(state["iteration"]))
@@ -351,13 +391,22 @@ class PolicyGradientTrainer:
         agent = build_policy(self.backend, cfg.policy, temperature=cfg.eval_temperature)
         with torch.no_grad():
             summary, trajectories = evaluate_policy(
-                cfg.env.id, agent, policy_name=f"{self.name}:{label}", episodes=cfg.eval_tasks, split=split,
-                seed=cfg.seed + 10_000, env_kwargs=cfg.env.kwargs,
+                cfg.env.id,
+                agent,
+                policy_name=f"{self.name}:{label}",
+                episodes=cfg.eval_tasks,
+                split=split,
+                seed=cfg.seed + 10_000,
+                env_kwargs=cfg.env.kwargs,
                 rollout=RolloutConfig(num_envs=cfg.num_envs, max_turns=cfg.env.max_turns),
-                trajectories_path=self.run.path / "samples" / f"eval-{split}-{label}.jsonl")
-        return {f"eval/{split}/success_rate": summary.success_rate, f"eval/{split}/return_mean": summary.mean_return,
-                f"eval/{split}/invalid_action_rate": summary.invalid_action_rate,
-                f"eval/{split}/steps_mean": summary.mean_steps}
+                trajectories_path=self.run.path / "samples" / f"eval-{split}-{label}.jsonl",
+            )
+        return {
+            f"eval/{split}/success_rate": summary.success_rate,
+            f"eval/{split}/return_mean": summary.mean_return,
+            f"eval/{split}/invalid_action_rate": summary.invalid_action_rate,
+            f"eval/{split}/steps_mean": summary.mean_steps,
+        }
 
     def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
         """Train for ``iterations`` iterations (continuing from the latest checkpoint when ``resume``)."""

@@ -30,8 +30,9 @@ def make_hf_policy(env: Any = None, *, model: str = "smollm2", **kwargs: Any) ->
     allowed = {"device", "dtype", "max_context", "allow_download", "lora"}
     unknown = set(backend_kwargs) - allowed
     if unknown:
-        raise AgentGymError(f"Unknown LLM policy option(s) {sorted(unknown)}; policy options are "
-                            f"{sorted(allowed | _config_names())}.")
+        raise AgentGymError(
+            f"Unknown LLM policy option(s) {sorted(unknown)}; policy options are {sorted(allowed | _config_names())}."
+        )
     return LLMPolicy(HFBackend(model, **backend_kwargs), LLMPolicyConfig(**config))
 
 

@@ -76,13 +76,18 @@ class Conversation:
                 "This tokenizer's chat template re-renders earlier messages differently when a message is added, so "
                 "a multi-turn prompt cannot be built token-exactly; use a model whose template extends the prefix."
             )
-        self.segments.append(Segment("user", self._encode(after[len(before):]), self.turn))
+        self.segments.append(Segment("user", self._encode(after[len(before) :]), self.turn))
 
     def add_assistant(self, generation: Generation) -> None:
         """Append the sampled tokens (trainable) and the template's closing tokens (not trainable)."""
         self.segments.append(
-            Segment("assistant", list(generation.token_ids), self.turn, list(generation.logprobs),
-                    None if generation.entropies is None else list(generation.entropies))
+            Segment(
+                "assistant",
+                list(generation.token_ids),
+                self.turn,
+                list(generation.logprobs),
+                None if generation.entropies is None else list(generation.entropies),
+            )
         )
         self.messages.append({"role": "assistant", "content": generation.text})
         closing = self._closing(generation)
@@ -94,11 +99,11 @@ class Conversation:
         """Template tokens that follow an assistant message, minus an end-of-turn token the model already sampled."""
         probe = [*self.messages[:-1], {"role": "assistant", "content": _SENTINEL}]
         rendered = self._render(probe, generation_prompt=False)
-        closing = rendered[rendered.index(_SENTINEL) + len(_SENTINEL):]
+        closing = rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
         eos = self.tokenizer.eos_token
         ids = generation.token_ids
         if eos and ids and ids[-1] == self.tokenizer.eos_token_id and closing.startswith(eos):
-            closing = closing[len(eos):]
+            closing = closing[len(eos) :]
         return self._encode(closing) if closing else []
 
     # ------------------------------------------------------------------ reading

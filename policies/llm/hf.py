@@ -11,6 +11,7 @@ sequences for trainers, with gradients when called under grad.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,9 @@ class HFBackend:
             allow_download: allow fetching a hub id (None: read ``AGENTGYM_ALLOW_DOWNLOAD``).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise inside our own progress display
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            "cpu" if device == "auto" else device)
         if dtype == "auto":
@@ -103,7 +106,9 @@ class HFBackend:
 
             config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(model, config)
+            with warnings.catch_warnings():  # peft reads an attribute transformers deprecated; not ours to fix
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, config)
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device

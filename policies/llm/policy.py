@@ -65,8 +65,14 @@ class LLMPolicy:
         """Start an episode's conversation."""
         return EpisodeMemory(Conversation(self.backend.tokenizer, system_prompt(env, self.style), self.budget))
 
-    def act(self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator,
-            memories: Sequence[Any] | None = None) -> ActionBatch:
+    def act(
+        self,
+        observations: Sequence[Any],
+        *,
+        envs: Sequence[Any],
+        rng: np.random.Generator,
+        memories: Sequence[Any] | None = None,
+    ) -> ActionBatch:
         """One reply per episode, generated in one batched call per distinct guided-choice set."""
         if memories is None:
             memories = [self.begin(env, obs, {}) for env, obs in zip(envs, observations)]
@@ -85,8 +91,13 @@ class LLMPolicy:
         actions: list[Any] = [None] * len(prompts)
         seed = int(rng.integers(2**31))
         for choice_key, rows in self._group_rows(envs, prompts).items():
-            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    seed=seed, **(dict(choice_key) if choice_key else {}))
+            params = SamplingParams(
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=seed,
+                **(dict(choice_key) if choice_key else {}),
+            )
             generations = self.backend.generate([prompts[i] for i in rows], params)
             for i, gen in zip(rows, generations):
                 memories[i].conversation.add_assistant(gen)
@@ -95,7 +106,8 @@ class LLMPolicy:
                 episodes[i].update(response_tokens=len(gen.token_ids), finish_reason=gen.finish_reason)
                 if gen.finish_reason == "length" and not gen.constrained:
                     episodes[i]["warnings"].append(
-                        f"reply hit max_new_tokens={cfg.max_new_tokens} without finishing (turn {memories[i].turns})")
+                        f"reply hit max_new_tokens={cfg.max_new_tokens} without finishing (turn {memories[i].turns})"
+                    )
                 memories[i].turns += 1
         return ActionBatch(actions, info={"episodes": episodes})
 
@@ -125,8 +137,14 @@ class EpisodeMemory:
         for s in self.conversation.segments:
             segments.append([s.role, pos, pos + len(s.ids), s.turn])
             pos += len(s.ids)
-        return {"token_ids": ids, "loss_mask": mask, "logprobs": logprobs, "segments": segments,
-                "context_dropped_turns": self.conversation.dropped_turns, "constrained": self.constrained}
+        return {
+            "token_ids": ids,
+            "loss_mask": mask,
+            "logprobs": logprobs,
+            "segments": segments,
+            "context_dropped_turns": self.conversation.dropped_turns,
+            "constrained": self.constrained,
+        }
 
 
 def _observation_text(env: Any, obs: Any) -> str:

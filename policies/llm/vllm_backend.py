@@ -28,8 +28,10 @@ def _require_vllm() -> Any:
     import torch
 
     if not torch.cuda.is_available():
-        raise AgentGymError("The vllm backend needs a CUDA GPU and none is visible; use the hf backend "
-                            "(policy 'smollm2' or 'hf:PATH') on CPU.")
+        raise AgentGymError(
+            "The vllm backend needs a CUDA GPU and none is visible; use the hf backend "
+            "(policy 'smollm2' or 'hf:PATH') on CPU."
+        )
     return vllm
 
 
@@ -44,25 +46,49 @@ class VLLMBackend:
         seed: the engine's seed.
     """
 
-    def __init__(self, model: str = "smollm2", *, gpu_memory_utilization: float = 0.5, max_context: int | None = None,
-                 dtype: str = "auto", seed: int = 0, allow_download: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "smollm2",
+        *,
+        gpu_memory_utilization: float = 0.5,
+        max_context: int | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        allow_download: bool | None = None,
+    ) -> None:
         vllm = _require_vllm()
         source = str(resolve_model(model, allow_download=allow_download))
-        self.llm = vllm.LLM(model=source, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_context, enable_prefix_caching=True)
+        self.llm = vllm.LLM(
+            model=source,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_context,
+            enable_prefix_caching=True,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
         self._vllm = vllm
 
     def _sampling(self, params: SamplingParams) -> Any:
         kwargs: dict[str, Any] = dict(
-            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
-            max_tokens=params.max_new_tokens, stop=list(params.stop), include_stop_str_in_output=True,
-            seed=params.seed, logprobs=0,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop),
+            include_stop_str_in_output=True,
+            seed=params.seed,
+            logprobs=0,
         )
         if params.choices is not None:
-            pattern = (f"(?s).*?{re.escape(params.choice_prefix)}" if params.choice_prefix else "") + \
-                "(" + "|".join(re.escape(c) for c in params.choices) + ")" + re.escape(params.choice_suffix)
+            pattern = (
+                (f"(?s).*?{re.escape(params.choice_prefix)}" if params.choice_prefix else "")
+                + "("
+                + "|".join(re.escape(c) for c in params.choices)
+                + ")"
+                + re.escape(params.choice_suffix)
+            )
             kwargs.update(self._guided(pattern))
         return self._vllm.SamplingParams(**kwargs)
 
@@ -88,8 +114,16 @@ class VLLMBackend:
             reason = "eos" if ids and ids[-1] == eos else ("length" if completion.finish_reason == "length" else "stop")
             if params.choices is not None:
                 reason = "choice" if completion.finish_reason == "stop" else reason
-            result.append(Generation(ids, logprobs or [0.0] * len(ids), None, completion.text, reason,
-                                     constrained=params.choices is not None))
+            result.append(
+                Generation(
+                    ids,
+                    logprobs or [0.0] * len(ids),
+                    None,
+                    completion.text,
+                    reason,
+                    constrained=params.choices is not None,
+                )
+            )
         return result
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:

@@ -26,8 +26,12 @@ class Recording:
 
 def _run(corridor_id, backend, *, episodes=2, max_turns=4, env_kwargs=None, **config):
     policy = LLMPolicy(backend, LLMPolicyConfig(**{"max_new_tokens": 6, **config}))
-    engine = RolloutEngine(lambda: agentgym.make(corridor_id, **(env_kwargs or {"length": 12})), policy,
-                           RolloutConfig(num_envs=episodes, max_turns=max_turns), env_id=corridor_id)
+    engine = RolloutEngine(
+        lambda: agentgym.make(corridor_id, **(env_kwargs or {"length": 12})),
+        policy,
+        RolloutConfig(num_envs=episodes, max_turns=max_turns),
+        env_id=corridor_id,
+    )
     return engine.run([(t, t) for t in range(episodes)], seed=0)
 
 
@@ -69,8 +73,13 @@ def test_guided_decoding_always_gives_valid_actions(corridor_id, tiny_backend):
 
 def test_unparseable_replies_are_penalised_no_ops_and_the_run_goes_on(corridor_id, tiny_backend):
     # A random tiny model writes garbage: every step is an invalid no-op with the env's penalty, never an error.
-    trajectories = _run(corridor_id, tiny_backend(seed=3), episodes=2, max_turns=3,
-                        env_kwargs={"length": 12, "invalid_action_penalty": 0.5})
+    trajectories = _run(
+        corridor_id,
+        tiny_backend(seed=3),
+        episodes=2,
+        max_turns=3,
+        env_kwargs={"length": 12, "invalid_action_penalty": 0.5},
+    )
     invalid = [turn for t in trajectories for turn in t.turns if not turn.action_valid]
     assert invalid, "expected the random model to produce unparseable text"
     assert all(turn.reward == pytest.approx(-0.01 - 0.5) for turn in invalid)

@@ -12,8 +12,16 @@ from trainers.grpo import GRPOTrainer  # noqa: E402
 from trainers.loop import LoopTrainer  # noqa: E402
 from trainers.rloo import RLOOTrainer  # noqa: E402
 
-BANDIT = ["env.id=bandit", "env.max_turns=2", "policy.lora=false", "policy.max_new_tokens=4", "eval_every=0",
-          "eval_tasks=8", "num_envs=32", "checkpoint_every=100"]
+BANDIT = [
+    "env.id=bandit",
+    "env.max_turns=2",
+    "policy.lora=false",
+    "policy.max_new_tokens=4",
+    "eval_every=0",
+    "eval_tasks=8",
+    "num_envs=32",
+    "checkpoint_every=100",
+]
 
 
 def _trainer(cls, tmp_path, backend, *overrides):
@@ -25,8 +33,17 @@ def _trainer(cls, tmp_path, backend, *overrides):
 def test_every_trainable_parameter_changes(cls, tmp_path, tiny_backend):
     backend = tiny_backend(seed=1)
     before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
-    trainer = _trainer(cls, tmp_path, backend, "iterations=1", "tasks_per_iteration=4", "group_size=4",
-                       "minibatch_size=16", "micro_batch_size=8", "lr=1e-2")
+    trainer = _trainer(
+        cls,
+        tmp_path,
+        backend,
+        "iterations=1",
+        "tasks_per_iteration=4",
+        "group_size=4",
+        "minibatch_size=16",
+        "micro_batch_size=8",
+        "lr=1e-2",
+    )
     trainer.collect(0)
     stats = trainer.update(trainer.collect(0))
     assert stats["optimizer_steps"] >= 1, stats
@@ -37,8 +54,18 @@ def test_every_trainable_parameter_changes(cls, tmp_path, tiny_backend):
 @pytest.mark.parametrize("cls", [LoopTrainer, GRPOTrainer])
 def test_bandit_is_learned_within_bounded_updates(cls, tmp_path, tiny_backend):
     # One arm of four pays 1: the optimum is success 1.0; a uniform policy gets 0.25.
-    trainer = _trainer(cls, tmp_path, tiny_backend(seed=2), "iterations=15", "tasks_per_iteration=4",
-                       "group_size=8", "minibatch_size=16", "micro_batch_size=16", "lr=3e-2", "epochs=2")
+    trainer = _trainer(
+        cls,
+        tmp_path,
+        tiny_backend(seed=2),
+        "iterations=15",
+        "tasks_per_iteration=4",
+        "group_size=8",
+        "minibatch_size=16",
+        "micro_batch_size=16",
+        "lr=3e-2",
+        "epochs=2",
+    )
     rates = []
     for it in range(15):
         trainer.iteration = it
@@ -53,8 +80,15 @@ def test_bandit_is_learned_within_bounded_updates(cls, tmp_path, tiny_backend):
 
 
 def test_resume_continues_exactly(tmp_path, tiny_backend):
-    common = ["iterations=2", "tasks_per_iteration=2", "group_size=4", "minibatch_size=8", "lr=1e-2",
-              "checkpoint_every=1", "eval_tasks=4"]
+    common = [
+        "iterations=2",
+        "tasks_per_iteration=2",
+        "group_size=4",
+        "minibatch_size=8",
+        "lr=1e-2",
+        "checkpoint_every=1",
+        "eval_tasks=4",
+    ]
     straight = _trainer(LoopTrainer, tmp_path / "a", tiny_backend(seed=3), *common)
     straight.fit()
     cfg = load_config(LoopTrainer.Config, overrides=[*BANDIT, *common, "iterations=1", "checkpoint_every=1"])
@@ -73,8 +107,15 @@ def test_resume_continues_exactly(tmp_path, tiny_backend):
 
 def test_zero_signal_batch_is_skipped_and_logged(tmp_path, tiny_backend):
     # Every arm pays the same when the paying arm is unreachable: all advantages are zero.
-    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=4), "iterations=1", "env.kwargs={num_arms: 2, paying_arm: 0}",
-                       "tasks_per_iteration=1", "group_size=2")
+    trainer = _trainer(
+        LoopTrainer,
+        tmp_path,
+        tiny_backend(seed=4),
+        "iterations=1",
+        "env.kwargs={num_arms: 2, paying_arm: 0}",
+        "tasks_per_iteration=1",
+        "group_size=2",
+    )
     trajectories = trainer.collect(0)
     for t in trajectories:
         t.episode_return = 0.0

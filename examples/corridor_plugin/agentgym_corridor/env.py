@@ -60,6 +60,7 @@ class CorridorEnv(AgentEnv[CorridorState]):
 
     @property
     def task_set(self) -> SeedTasks:
+        """Seeds; the start cell is drawn from the seed."""
         return self._tasks
 
     def _reset_task(self, task: Hashable) -> dict[str, Any]:
@@ -80,12 +81,17 @@ class CorridorEnv(AgentEnv[CorridorState]):
         return obs
 
     def text_observation(self) -> str:
-        return "".join("A" if i == self.position else ("E" if i == self.length - 1 else ".") for i in range(self.length))
+        """The corridor as a row of cells: A agent, E exit."""
+        return "".join(
+            "A" if i == self.position else ("E" if i == self.length - 1 else ".") for i in range(self.length)
+        )
 
     def instructions(self) -> str:
+        """Rules and answer format."""
         return "You are A in a corridor; reach the exit E. Answer Left or Right."
 
     def parse_action(self, text: str) -> int | None:
+        """The last Left/Right word in the text."""
         words = text.lower().split()
         for word in reversed(words):
             if word.strip(".,!<>/") in ("left", "right"):
@@ -93,14 +99,18 @@ class CorridorEnv(AgentEnv[CorridorState]):
         return None
 
     def get_state(self) -> CorridorState:
+        """Position, start, step count and RNG."""
         return CorridorState(self.position, self.start, self.steps, self._rng_state())
 
     def set_state(self, state: CorridorState) -> None:
+        """Restore a ``get_state`` snapshot."""
         self.position, self.start, self.steps = state.position, state.start, state.steps
         self._restore_rng(state.rng)
 
     def state_key(self) -> bytes:
+        """The position (the only state that matters for acting)."""
         return self.position.to_bytes(4, "little")
 
     def oracle_action(self) -> int:
+        """Always Right: the exit is at the right end."""
         return 1
