@@ -37,9 +37,12 @@ def parse_kwargs(pairs: Sequence[str] | None, flag: str = "--env-kwargs") -> dic
     return out
 
 
-def _add_env_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    if required:
-        parser.add_argument("--env", "-e", required=True, help="env id or alias (see `agentgym envs`)")
+def _add_env_args(parser: argparse.ArgumentParser, *, flag: str | None = "required") -> None:
+    """``--env`` (required, optional, or absent when the env is positional) and ``--env-kwargs``."""
+    if flag is not None:
+        parser.add_argument(
+            "--env", "-e", required=flag == "required", default=None, help="env id or alias (see `agentgym envs`)"
+        )
     parser.add_argument(
         "--env-kwargs",
         nargs="+",
@@ -276,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", help="spec card, arguments, spaces, instructions and a sample observation")
     p.add_argument("env", help="env id or alias")
-    _add_env_args(p, required=False)
+    _add_env_args(p, flag=None)
     p.set_defaults(fn=cmd_describe)
 
     p = sub.add_parser("play", help="play an env in the terminal (arrow keys or typed actions)")
     p.add_argument("env", help="env id or alias")
-    _add_env_args(p, required=False)
+    _add_env_args(p, flag=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", default=None, help="a task to play (e.g. a level index or seed)")
     p.add_argument("--split", default="train", help="split to draw tasks from")
@@ -289,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="run the env contract check (gymnasium checker, determinism, state, oracle)")
     p.add_argument("env", help="env id or alias, or 'all'")
-    _add_env_args(p, required=False)
+    _add_env_args(p, flag=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50, help="steps compared by the determinism check")
     p.set_defaults(fn=cmd_check)
@@ -323,15 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("train", help="train a policy with a registered trainer", add_help=False)
-    p.add_argument("--env", "-e", default=None, help="env id or alias (see `agentgym envs`)")
-    p.add_argument(
-        "--env-kwargs",
-        nargs="+",
-        action="extend",
-        metavar="KEY=VALUE",
-        default=[],
-        help="keyword arguments passed to the env's constructor",
-    )
+    _add_env_args(p, flag="optional")
     p.add_argument("--trainer", "-t", default=None, help="registered trainer name (loop, grpo, rloo, ...)")
     p.add_argument(
         "--set",

@@ -254,7 +254,8 @@ class ComponentSpec:
         return load_entry_point(self.entry_point)
 
 
-def register_policy(
+def _register_component(
+    table: _Registry,
     name: str,
     entry_point: str | Callable[..., Any],
     *,
@@ -264,26 +265,22 @@ def register_policy(
     aliases: tuple[str, ...] = (),
     override: bool = False,
 ) -> ComponentSpec:
-    """Register a policy factory ``factory(env, **kwargs) -> Policy`` under ``name``."""
     spec_ = ComponentSpec(name, entry_point, description, extra, tuple(requires))
-    _policies.add(name, spec_, (name, *aliases), override=override)
+    table.add(name, spec_, (name, *aliases), override=override)
     return spec_
 
 
-def register_trainer(
-    name: str,
-    entry_point: str | Callable[..., Any],
-    *,
-    description: str = "",
-    extra: str | None = None,
-    requires: tuple[str, ...] = (),
-    aliases: tuple[str, ...] = (),
-    override: bool = False,
-) -> ComponentSpec:
-    """Register a trainer under ``name``."""
-    spec_ = ComponentSpec(name, entry_point, description, extra, tuple(requires))
-    _trainers.add(name, spec_, (name, *aliases), override=override)
-    return spec_
+def register_policy(name: str, entry_point: str | Callable[..., Any], **options: Any) -> ComponentSpec:
+    """Register a policy factory ``factory(env, **kwargs) -> Policy`` under ``name``.
+
+    Options: ``description``, ``extra`` and ``requires`` (the missing-extra error), ``aliases``, ``override``.
+    """
+    return _register_component(_policies, name, entry_point, **options)
+
+
+def register_trainer(name: str, entry_point: str | Callable[..., Any], **options: Any) -> ComponentSpec:
+    """Register a trainer class (with a ``Config`` dataclass and ``fit``) under ``name``; options as for policies."""
+    return _register_component(_trainers, name, entry_point, **options)
 
 
 def policy_spec(name: str) -> ComponentSpec:
