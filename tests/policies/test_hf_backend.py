@@ -208,6 +208,8 @@ def test_guided_budget_too_small_is_an_error(backend, prompts):
     params = SamplingParams(max_new_tokens=3, choices=CHOICES, choice_prefix="<answer>", choice_suffix="</answer>")
     with pytest.raises(ValueError, match="max_new_tokens=3"):
         backend.generate(prompts, params)
+    with pytest.raises(ValueError, match="empty"):
+        backend.generate(prompts, SamplingParams(choices=("Up", "")))
 
 
 def test_prompt_longer_than_context_is_an_error(backend):
