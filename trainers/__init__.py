@@ -30,3 +30,15 @@ def register_trainers() -> None:
         **llm,
         description="On-policy REINFORCE with a leave-one-out baseline, KL in the reward.",
     )
+    register_trainer(
+        "ppo",
+        "trainers.ppo:PPOTrainer",
+        **llm,
+        description="PPO with a learned critic (value head) on turn-level GAE and a k3 KL to the initial model.",
+    )
+    register_trainer(
+        "sft",
+        "trainers.sft:SFTTrainer",
+        **llm,
+        description="Supervised fine-tuning on demonstrations: the env's oracle or a trajectories JSONL file.",
+    )
