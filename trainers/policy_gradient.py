@@ -233,6 +233,8 @@ class PolicyGradientTrainer:
                 if cfg.divergence_stop is not None and result["traj_k1"] > cfg.divergence_stop:
                     stats["divergence_stop"] = 1.0
                     break
+        if steps:  # cached prompt keys/values belong to the old weights
+            self.backend.clear_prefix_cache()
         stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
         stats.update(
             optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped), train_tokens=float(batch.tokens)
@@ -353,6 +355,7 @@ class PolicyGradientTrainer:
             self.backend.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
         load_optimizer(self.optimizer, path)
+        self.backend.clear_prefix_cache()
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.run.truncate_metrics(int(state["iteration"]))
         return int(state["iteration"])

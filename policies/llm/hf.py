@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 from policies.llm.base import Generation, SamplingParams
 from policies.llm.hf_guided import ChoiceGuide, RowState, token_strings
+from policies.llm.hf_prefix import PrefixCache, assemble, extract
 from policies.llm.model_files import DEFAULT_MODEL, downloads_allowed, resolve_model
 
 _NEG_INF = float("-inf")
@@ -121,6 +123,8 @@ class HFBackend:
         self._pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
         self._token_strings: list[str] | None = None
         self._guides: dict[tuple[Any, ...], ChoiceGuide] = {}
+        #: Keys/values of earlier turns, reused by later prompts that extend them (None disables reuse).
+        self.prefix_cache: PrefixCache | None = PrefixCache()
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
@@ -155,7 +159,13 @@ class HFBackend:
 
     def _sample_loop(self, prompts: Sequence[Sequence[int]], rows: list[RowState], params: SamplingParams,
                      guide: ChoiceGuide | None, generator: torch.Generator) -> None:
+        # Cross-turn reuse: each row's longest cached prefix is loaded as past keys/values, so the prefill only
+        # runs the last `chunk` columns (the tokens added since the row's previous turn, aligned to the right).
+        reuse = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache is not None else \
+            [(0, None)] * len(prompts)
+        chunk = max(len(p) - n for p, (n, _) in zip(prompts, reuse))
         width = max(len(p) for p in prompts)
+        past = width - chunk
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width + params.max_new_tokens), dtype=torch.long)
         for i, prompt in enumerate(prompts):  # left padding: every row's next token lands in the same column
@@ -163,13 +173,21 @@ class HFBackend:
             mask[i, width - len(prompt):] = 1  # the prompt and every column a generated token will fill
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions,
-                         use_cache=True, logits_to_keep=1)
+        layers = assemble([(max(len(p) - chunk, 0), kv) for p, (_, kv) in zip(prompts, reuse)], past,
+                          self.model.config.num_hidden_layers) if past else None
+        cache = DynamicCache(ddp_cache_data=layers) if layers is not None else None
+        out = self.model(input_ids=ids[:, past:], attention_mask=mask[:, :width], position_ids=positions[:, past:],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache, next_pos = out.past_key_values, positions[:, -1] + 1
         active = list(range(len(rows)))
         for step in range(params.max_new_tokens):
             tokens = self._next_tokens(out.logits[:, -1].float(), [rows[i] for i in active], params, generator)
             keep = [j for j, i in enumerate(active) if rows[i].finish is None]
+            if self.prefix_cache is not None:  # remember what finished rows read, for their next turn
+                for j, i in enumerate(active):
+                    if rows[i].finish is not None:
+                        fed = [*prompts[i], *rows[i].tokens[:-1]]
+                        self.prefix_cache.store(fed, extract(cache, j, mask[j]))
             if not keep:
                 return
             if len(keep) < len(active):  # drop finished rows from the batch and the KV cache
@@ -180,6 +198,11 @@ class HFBackend:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1],
                              position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
+
+    def clear_prefix_cache(self) -> None:
+        """Forget cached prompt keys/values; call after every change of the weights."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def _next_tokens(self, logits: torch.Tensor, rows: list[RowState], params: SamplingParams,
                      generator: torch.Generator) -> torch.Tensor:
@@ -295,6 +318,7 @@ class HFBackend:
 
         base = self.model.unload() if hasattr(self.model, "unload") else self.model
         self.model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+        self.clear_prefix_cache()
 
 
 def _truncate(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

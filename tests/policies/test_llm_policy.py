@@ -111,3 +111,33 @@ def test_history_turns_limits_the_prompt(corridor_id, tiny_backend):
     _run(corridor_id, backend, episodes=1, max_turns=4, history_turns=0)
     lengths = [len(prompts[0]) for prompts, _, _ in backend.calls]
     assert max(lengths) - min(lengths) <= 12  # each prompt is the system prompt plus only the current turn
+
+
+def test_cross_turn_kv_reuse_changes_nothing_but_the_cost(corridor_id, tiny_backend):
+    from policies.llm.hf_prefix import PrefixCache
+
+    runs = {}
+    for reuse in (False, True):
+        backend = tiny_backend(seed=7)
+        backend.prefix_cache = PrefixCache() if reuse else None
+        runs[reuse] = (_run(corridor_id, backend, episodes=3, max_turns=4, temperature=0.0), backend.prefix_cache)
+    plain, (cached, cache) = runs[False][0], runs[True]
+    assert cache.hits >= 3 * 3 and cache.reused_tokens > 0  # every turn after the first reused its history
+    for a, b in zip(sorted(plain, key=lambda t: t.seed), sorted(cached, key=lambda t: t.seed)):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_prefix_cache_is_bounded_and_cleared():
+    from policies.llm.hf_prefix import PrefixCache
+
+    cache = PrefixCache(max_tokens=10)
+    kv = [(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2))]
+    cache.store([1, 2, 3, 4], kv)
+    cache.store([5, 6, 7, 8], kv)
+    assert cache.lookup([1, 2, 3, 4, 9]) == (4, kv)
+    cache.store([9, 9, 9, 9], kv)  # 12 tokens > 10: the least recently used entry goes
+    assert cache.lookup([5, 6, 7, 8, 1])[0] == 0 and len(cache) == 2
+    assert cache.lookup([1, 2, 3, 4])[0] == 0  # only proper prefixes: a prompt needs at least one new token
+    cache.clear()
+    assert len(cache) == 0
