@@ -86,6 +86,11 @@ class PPOConfig(PolicyGradientConfig):
             raise ConfigError(f"gamma={self.gamma} and lam={self.lam} must lie in [0, 1].")
         if self.value_clip is not None and self.value_clip <= 0:
             raise ConfigError(f"value_clip={self.value_clip} must be > 0, or null to disable value clipping.")
+        if self.adv_threshold != 0:
+            raise ConfigError(
+                f"adv_threshold={self.adv_threshold}: PPO keeps every turn (the critic learns from all of them); "
+                f"leave adv_threshold at 0."
+            )
         if self.value_lr <= 0 or self.value_coef < 0 or self.critic_warmup < 0:
             raise ConfigError(
                 f"value_lr={self.value_lr} must be > 0, value_coef={self.value_coef} and critic_warmup="
@@ -278,6 +283,9 @@ class PPOTrainer(PolicyGradientTrainer):
                 if cfg.divergence_stop is not None and result["traj_k1"] > cfg.divergence_stop:
                     stats["divergence_stop"] = 1.0
                     break
+        clear = getattr(self.backend, "clear_prefix_cache", None)
+        if steps and clear is not None:  # a backend's cached prompt keys/values belong to the old weights
+            clear()
         stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
         stats.update(
             optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped), train_tokens=float(batch.tokens)
@@ -331,7 +339,8 @@ class PPOTrainer(PolicyGradientTrainer):
                     kl=kl,
                     kl_coef=cfg.kl_coef if kl is not None else 0.0,
                 )
-                share = len(micro) / len(rows)  # accumulate micro-batch means into the minibatch mean
+                # Accumulate micro-batch means into the minibatch mean (or LOOP's constant divisor).
+                share = len(micro) / (cfg.minibatch_size if cfg.agg_divisor_minibatch else len(rows))
                 loss = loss + pg * share
                 totals["clip_frac"] += float(st["clip_frac"]) * share
                 totals["traj_k1"] += float(st["traj_k1"]) * share

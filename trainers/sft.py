@@ -311,6 +311,9 @@ class SFTTrainer(PolicyGradientTrainer):
                 continue
             losses.append(result[0])
             accuracies.append(result[1])
+        clear = getattr(self.backend, "clear_prefix_cache", None)
+        if losses and clear is not None:  # a backend's cached prompt keys/values belong to the old weights
+            clear()
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "token_prob": float(np.mean(accuracies)) if accuracies else 0.0,

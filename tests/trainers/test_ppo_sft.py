@@ -112,6 +112,18 @@ def test_ppo_updates_policy_and_value_head_and_checkpoints_them(tmp_path, tiny_b
         assert torch.equal(p, q), name
 
 
+def test_critic_warmup_trains_only_the_value_head(tmp_path, tiny_backend):
+    backend = tiny_backend(seed=3)
+    before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
+    overrides = ["tasks_per_iteration=1", "group_size=4", "minibatch_size=4", "epochs=1", "critic_warmup=1"]
+    trainer = _trainer(PPOTrainer, tmp_path, backend, *overrides, "kl_coef=0", "lr=1e-2")
+    head_before = [p.detach().clone() for p in trainer.value_head.parameters()]
+    stats = trainer.update(trainer.collect(0))
+    assert stats["critic_only"] == 1.0 and trainer.reference is None
+    assert all(torch.equal(before[n], p) for n, p in backend.model.named_parameters())
+    assert not any(torch.equal(a, b) for a, b in zip(head_before, trainer.value_head.parameters()))
+
+
 def test_ppo_learns_the_bandit_within_bounded_updates(tmp_path, tiny_backend):
     # One arm of four pays 1: the optimum is success 1.0; a uniform policy gets 0.25.
     trainer = _trainer(
