@@ -292,7 +292,7 @@ class PolicyGradientTrainer:
             share = len(micro) / len(rows)
             totals["loss"] += float(scaled.detach())
             totals["clip_frac"] += float(st["clip_frac"]) * share
-            totals["entropy"] += float((entropy * mask).sum() / mask.sum().clamp(min=1)) * share
+            totals["entropy"] += float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)) * share
             totals["approx_kl"] += float(st["approx_kl_k3"]) * share
             totals["traj_k1"] += float(st["traj_k1"]) * share
         norm = torch.nn.utils.clip_grad_norm_(self.backend.trainable_parameters(), cfg.max_grad_norm)
