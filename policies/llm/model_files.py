@@ -136,6 +136,7 @@ def convert_gguf(gguf: Path, destination: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache should be readable like any other
         if destination.exists():  # stale (different GGUF) or half-deleted: replace it
             shutil.rmtree(destination, ignore_errors=True)
         try:
