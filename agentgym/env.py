@@ -225,3 +225,17 @@ class AgentEnv(gym.Env, Generic[StateT]):
         bit_gen = getattr(np.random, state["bit_generator"])()
         bit_gen.state = state
         self._np_random = np.random.Generator(bit_gen)
+
+
+def observation_text(env: Any, obs: Any) -> str | None:
+    """The text view of an observation.
+
+    The obs itself (``obs_mode="text"``), its ``"text"`` entry (``"dict"``), or the env's ``text_observation()``
+    (``"struct"``: rendered only now); None for an env with no text view.
+    """
+    if isinstance(obs, str):
+        return obs
+    if isinstance(obs, dict) and isinstance(obs.get("text"), str):
+        return obs["text"]
+    render = getattr(getattr(env, "unwrapped", env), "text_observation", None)
+    return render() if render is not None else None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from agentgym.env import observation_text
 from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn, to_jsonable
 
 
@@ -56,15 +57,6 @@ class _Episode:
     obs: Any
     memory: Any
     started: float
-
-
-def _text_of(env: Any, obs: Any) -> str | None:
-    if isinstance(obs, str):
-        return obs
-    if isinstance(obs, dict) and isinstance(obs.get("text"), str):
-        return obs["text"]
-    text_fn = getattr(env.unwrapped, "text_observation", None)
-    return text_fn() if text_fn is not None else None
 
 
 class RolloutEngine:
@@ -172,7 +164,7 @@ class RolloutEngine:
         gen_s = time.perf_counter() - start
         self.generate_s += gen_s
         per_episode = batch.info.get("episodes") or [{} for _ in episodes]
-        texts = [_text_of(e.env, e.obs) if self.config.record_text else None for e in episodes]
+        texts = [observation_text(e.env, e.obs) if self.config.record_text else None for e in episodes]
 
         def step(i: int) -> tuple[tuple, float]:
             t0 = time.perf_counter()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from agentgym.config import ConfigError
+from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
 from agentgym.registry import make
 from agentgym.runs import RunDir
@@ -37,7 +38,7 @@ from policies.llm.base import Generation
 from policies.llm.conversation import Conversation
 
 # The policy's own observation-to-text rule, so demonstrations see exactly what the policy sees.
-from policies.llm.policy import EpisodeMemory, LLMPolicy, LLMPolicyConfig, _observation_text
+from policies.llm.policy import EpisodeMemory, LLMPolicy, LLMPolicyConfig
 from policies.llm.prompts import ANSWER_CLOSE, ANSWER_OPEN, user_message
 from trainers.common import EnvSection, PolicySection, TokenBatch, build_backend, score, token_batch
 from trainers.policy_gradient import PolicyGradientTrainer
@@ -162,7 +163,7 @@ class DemonstrationPolicy(LLMPolicy):
         tokenizer = self.backend.tokenizer
         for env, obs, memory in zip(envs, observations, memories):
             conv = memory.conversation
-            conv.add_user(user_message(env, _observation_text(env, obs), conv.turn))
+            conv.add_user(user_message(env, observation_text(env, obs), conv.turn))
             action = self.choose(env, memory)
             if action is None:
                 actions.append("")
@@ -198,7 +199,7 @@ def play_demonstration(
     memory = policy.begin(env, obs, info)
     traj = Trajectory(str(getattr(env, "spec_id", "")), task, seed, 0, str(info.get("split", "")))
     for turn in range(max_turns):
-        text = _observation_text(env, obs)
+        text = observation_text(env, obs)
         if expected is not None and expected[turn].observation not in (None, text):
             raise AgentGymError(
                 f"Replaying task {task!r} (seed {seed}): turn {turn} shows {text!r} but the file recorded "

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
 from agentgym.types import ActionBatch
 from policies.llm.prompts import PromptStyle, system_prompt, user_message
@@ -284,7 +285,7 @@ class OpenAIChatPolicy:
         if memories is None:
             memories = [self.begin(env, obs, {}) for env, obs in zip(envs, observations, strict=True)]
         for env, obs, memory in zip(envs, observations, memories, strict=True):
-            memory.messages.append({"role": "user", "content": user_message(env, _observation_text(env, obs),
+            memory.messages.append({"role": "user", "content": user_message(env, observation_text(env, obs),
                                                                             memory.turn)})
         # One seed per request: servers that do not batch would otherwise give a group's episodes, which share a
         # prompt, identical replies.
@@ -366,13 +367,6 @@ class OpenAIChatPolicy:
         status = f"HTTP {exc.status}" if exc.status is not None else "no HTTP status"
         return f"openai policy: POST {self.client.url} failed at turn {turn} ({status}): {exc.detail}. Fix: {fix}."
 
-
-def _observation_text(env: Any, obs: Any) -> str:
-    if isinstance(obs, str):
-        return obs
-    if isinstance(obs, dict) and isinstance(obs.get("text"), str):
-        return obs["text"]
-    return env.unwrapped.text_observation()
 
 
 def make_openai_policy(env: Any = None, *, model: str, base_url: str | None = None, api_key: str | None = None,

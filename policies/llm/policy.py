@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from agentgym.env import observation_text
 from agentgym.types import ActionBatch
 from policies.llm.base import LLMBackend, SamplingParams
 from policies.llm.conversation import ContextOverflowError, Conversation
@@ -81,7 +82,7 @@ class LLMPolicy:
         episodes: list[dict[str, Any]] = []
         for env, obs, memory in zip(envs, observations, memories):
             conv = memory.conversation
-            conv.add_user(user_message(env, _observation_text(env, obs), conv.turn))
+            conv.add_user(user_message(env, observation_text(env, obs), conv.turn))
             try:
                 prompts.append(conv.prompt_ids(reserve=cfg.max_new_tokens, max_turns=cfg.history_turns))
                 episodes.append({"prompt_tokens": len(prompts[-1]), "warnings": []})
@@ -145,11 +146,3 @@ class EpisodeMemory:
             "context_dropped_turns": self.conversation.dropped_turns,
             "constrained": self.constrained,
         }
-
-
-def _observation_text(env: Any, obs: Any) -> str:
-    if isinstance(obs, str):
-        return obs
-    if isinstance(obs, dict) and isinstance(obs.get("text"), str):
-        return obs["text"]
-    return env.unwrapped.text_observation()
