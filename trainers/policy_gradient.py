@@ -102,8 +102,9 @@ class PolicyGradientConfig:
     """Evaluate on held-out tasks every N iterations (0: only before and after)."""
     eval_tasks: int = 16
     """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
-    eval_temperature: float = 0.0
-    """Sampling temperature of evaluations (0: greedy)."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of evaluations: 1 measures the stochastic policy being trained (0: greedy, which for
+    a small untrained model often repeats one move forever)."""
     checkpoint_every: int = 4
     """Checkpoint every N iterations (and always at the end)."""
     seed: int = 0
