@@ -105,6 +105,9 @@ def main() -> None:
     backend = HFBackend("smollm2")
     print(f"load: HFBackend('smollm2') from the cache, torch/transformers already imported: "
           f"{time.perf_counter() - start:.1f} s")
+    # The cross-turn prefix cache would let our side skip the prefill of prompts it saw in an earlier repeat;
+    # off, both sides prefill every prompt and the comparison is of the decoding loops alone.
+    backend.prefix_cache = None
     prompts = chat_prompts(backend.tokenizer, max(args.batches))
     ours(backend, prompts[:2], 4, 1.0)  # warm up kernels and allocator
     theirs(backend, prompts[:2], 4, 1.0)

@@ -101,8 +101,15 @@ class ChoiceGuide:
         return self._costs[text]
 
     def consistent(self, text: str) -> bool:
-        """Whether ``text`` (after the prefix) begins some choice."""
-        return any(c.startswith(text) for c in self.choices)
+        """Whether a row can continue the constrained part from ``text`` (the text after the prefix).
+
+        In ``any`` mode that is any beginning of a choice; in ``canonical`` mode only a full choice or the text
+        of one of its canonical token-prefixes, so a free token that runs past the prefix into the middle of a
+        canonical token (which would leave no allowed next token) is banned instead.
+        """
+        if self.canonical is None:
+            return any(c.startswith(text) for c in self.choices)
+        return text in self.canonical or any(text in spelled for _, spelled in self.canonical.values())
 
     def matched(self, tail: str) -> int:
         """How many leading characters of the prefix the text ends with (a proper prefix only)."""

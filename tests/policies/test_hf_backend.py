@@ -291,3 +291,16 @@ def test_default_model_is_converted_once_and_generates(monkeypatch):
     gen = backend.generate([ids], SamplingParams(max_new_tokens=12, temperature=0.0))[0]
     assert len(gen.token_ids) >= 1 and gen.text.strip()
     assert "Paris" in gen.text
+
+
+@pytest.mark.parametrize("mode", ["canonical", "any"])
+def test_guided_entry_points_match_the_tokenization_mode(backend, tokenizer, mode):
+    # A free token may run past the prefix into the choice; in canonical mode it may only stop at a canonical
+    # token boundary ("Up" is one token, so "U" would leave no allowed next token and must be banned).
+    from policies.llm.hf_guided import ChoiceGuide, token_strings
+
+    params = SamplingParams(max_new_tokens=16, choices=CHOICES, choice_prefix="<answer>",
+                            choice_suffix="</answer>", choice_tokenization=mode)
+    guide = ChoiceGuide(token_strings(tokenizer), tokenizer, params, len(tokenizer), backend._eos)
+    assert guide.consistent("") and guide.consistent("Up") and not guide.consistent("Upx")
+    assert guide.consistent("U") == (mode == "any")
