@@ -122,6 +122,7 @@ def write_training_report(run: Any) -> Path:
         for metric in ("success_rate", "return_mean", "invalid_action_rate"):
             before, after = first_last(f"eval/{split}/{metric}")
             rows.append(f"| {split} | {metric} | {before} | {after} |")
+    budget = [r["stopped_time_budget_minutes"] for r in records if "stopped_time_budget_minutes" in r]
     skipped = sum(1 for r in records if r.get("checkpoint_skipped"))
     no_signal = sum(1 for r in records if r.get("update_skipped_no_signal"))
     train_s = sum(r.get("iteration_s", 0.0) for r in records)
@@ -143,6 +144,7 @@ def write_training_report(run: Any) -> Path:
         "",
         f"- iterations with no learning signal (every advantage zero): {no_signal}",
         f"- checkpoints skipped by a failed save: {skipped}",
+        f"- stopped by the time budget after {budget[0]:.1f} min" if budget else "- ran every configured iteration",
         f"- guided decoding: {config.get('policy', {}).get('guided')} (log-probs are then the constrained "
         "sampler's); reply format: " + ("think + answer" if config.get("policy", {}).get("think") else "bare action"),
         "",

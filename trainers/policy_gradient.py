@@ -107,6 +107,9 @@ class PolicyGradientConfig:
     a small untrained model often repeats one move forever)."""
     checkpoint_every: int = 4
     """Checkpoint every N iterations (and always at the end)."""
+    time_budget_minutes: float | None = 10.0
+    """Start no new iteration after this many minutes of training (evaluations included); the final
+    evaluation and report still run. None: run every iteration. The default suits a 2-core CPU."""
     seed: int = 0
     """Seed of task sampling, rollout sampling and initialisation."""
 
@@ -417,10 +420,15 @@ class PolicyGradientTrainer:
         cfg = self.cfg
         self.run.write_config(self.config_dict())
         done = self.restore() if resume else 0
+        started_fit = time.perf_counter()
         if done == 0:
             self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
         try:
             for iteration in range(done, cfg.iterations):
+                elapsed = (time.perf_counter() - started_fit) / 60
+                if cfg.time_budget_minutes is not None and elapsed > cfg.time_budget_minutes and iteration > done:
+                    self.run.log(done, {"stopped_time_budget_minutes": elapsed})
+                    break
                 self.iteration = iteration
                 started = time.perf_counter()
                 trajectories = self.collect(iteration)
