@@ -205,10 +205,12 @@ class PolicyGradientTrainer:
         group_ids = torch.tensor([keys.setdefault((str(t.task), t.seed), len(keys)) for t in trajectories])
         returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64)
         batch = token_batch(trajectories, self.backend._pad_id)
-        old_logp = self._behaviour_logprobs(batch)
         stats: dict[str, float] = {}
+        old_logp = None
         if self.reference is not None and cfg.kl_placement == "reward":
-            # RLOO / REINFORCE++ style: the sequence KL to the reference is a cost in the return.
+            # RLOO / REINFORCE++ style: the sequence KL to the reference is a cost in the return, so every
+            # episode needs its behaviour log-probs before advantages exist.
+            old_logp = self._behaviour_logprobs(batch)
             seq_kl = (self._reference_kl(batch, old_logp) * batch.loss_mask).sum(1).double()
             returns = returns - cfg.kl_coef * seq_kl
             stats["kl_in_reward"] = float(seq_kl.mean())
@@ -218,7 +220,8 @@ class PolicyGradientTrainer:
         if not keep:
             return {**stats, "update_skipped_no_signal": 1.0}
         batch = batch.select(keep)
-        old_logp = old_logp[keep, : batch.loss_mask.shape[1]]
+        # Only kept episodes are scored (dropped ones carry no gradient); the scoring matches the loss's.
+        old_logp = self._behaviour_logprobs(batch) if old_logp is None else old_logp[keep, : batch.loss_mask.shape[1]]
         advantages = adv[keep]
         steps = skipped = 0
         logs: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "approx_kl": []}
