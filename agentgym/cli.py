@@ -132,12 +132,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a policy and print (and optionally write) the results."""
-    from agentgym.evaluation import evaluate, write_json
+    from agentgym.evaluation import evaluate, is_run_dir, write_json
     from agentgym.report import write_report
     from agentgym.rollout import RolloutConfig
 
     registry.spec(args.env)  # fail on a bad name before the progress bar starts
-    registry.policy_spec(args.policy.partition(":")[0] if ":" in args.policy else args.policy)
+    if not is_run_dir(args.policy):
+        registry.policy_spec(args.policy.partition(":")[0] if ":" in args.policy else args.policy)
     policy_kwargs = parse_kwargs(args.policy_kwargs, "--policy-kwargs")
     if args.temperature is not None:
         policy_kwargs["temperature"] = args.temperature
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a policy on held-out tasks")
     _add_env_args(p)
-    p.add_argument("--policy", "-p", default="random", help="registered policy name (random, oracle, ...)")
+    p.add_argument("--policy", "-p", default="smollm2",
+                   help="random, oracle, smollm2 (default), hf:PATH, vllm:PATH, openai:MODEL, or a run directory")
     p.add_argument("--policy-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[])
     p.add_argument(
         "--episodes",

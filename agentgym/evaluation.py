@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agentgym.registry import make, policy_spec
+from agentgym.registry import make, policy_spec, trainer_spec
 from agentgym.rollout import RolloutConfig, RolloutEngine
 from agentgym.tasks import ALL
 from agentgym.trajectory import Trajectory, TrajectoryWriter, to_jsonable
@@ -81,8 +81,23 @@ def select_tasks(env: Any, split: str | None, count: int | None) -> tuple[str, l
     return split, task_set.tasks(split, n=20 if count is None else count)
 
 
+def is_run_dir(name: str) -> bool:
+    """Whether ``name`` is a training run directory (its latest checkpoint can serve as a policy)."""
+    path = Path(name)
+    return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+
+
 def build_policy(name: str, env: Any, **kwargs: Any) -> Any:
-    """Build a registered policy; ``kind:ARG`` (``hf:./model``, ``openai:gpt-x``) passes ARG as ``model``."""
+    """Build a policy from a name.
+
+    A registered name; ``kind:ARG`` (``hf:./model``, ``openai:gpt-x``: ARG becomes ``model``); or a training run
+    directory (its latest checkpoint, with the run's prompt and sampling settings).
+    """
+    if is_run_dir(name):
+        import yaml
+
+        trainer = yaml.safe_load((Path(name) / "config.yaml").read_text()).get("trainer")
+        return trainer_spec(trainer).load().policy_from_run(name, **kwargs)
     kind, sep, arg = name.partition(":")
     if sep and arg:
         kwargs = {"model": arg, **kwargs}

@@ -79,6 +79,15 @@ def build_backend(section: PolicySection, *, model: str | None = None) -> Any:
     return backend
 
 
+def load_checkpoint_backend(section: PolicySection, checkpoint: Path) -> Any:
+    """The backend saved in ``checkpoint/policy``: a LoRA adapter on the base model, or the whole model."""
+    if section.lora:
+        backend = build_backend(section)
+        backend.load_adapter(checkpoint / "policy")
+        return backend
+    return build_backend(section, model=str(checkpoint / "policy"))
+
+
 def build_policy(backend: Any, section: PolicySection, *, temperature: float | None = None) -> Any:
     """An ``LLMPolicy`` over ``backend`` with the section's sampling and prompt settings."""
     from policies.llm.policy import LLMPolicy, LLMPolicyConfig

@@ -21,13 +21,15 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from agentgym import ops
-from agentgym.config import ConfigError, to_dict
+from agentgym.config import ConfigError, load_config, to_dict
+from agentgym.errors import AgentGymError
 from agentgym.registry import make
 from agentgym.rollout import RolloutConfig, RolloutEngine
 from agentgym.runs import RunDir
@@ -40,6 +42,7 @@ from trainers.common import (
     TokenBatch,
     build_backend,
     build_policy,
+    load_checkpoint_backend,
     load_optimizer,
     save_policy,
     score,
@@ -357,7 +360,7 @@ class PolicyGradientTrainer:
         if self.cfg.policy.lora:
             self.backend.load_adapter(path / "policy")
         else:
-            self.backend = build_backend(self.cfg.policy, model=str(path / "policy"))
+            self.backend = load_checkpoint_backend(self.cfg.policy, path)
         self.optimizer = torch.optim.AdamW(
             self.backend.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
@@ -366,6 +369,23 @@ class PolicyGradientTrainer:
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.run.truncate_metrics(int(state["iteration"]))
         return int(state["iteration"])
+
+    @classmethod
+    def policy_from_run(cls, run_dir: str | Path, *, temperature: float | None = None) -> Any:
+        """The LLM policy of a run directory's latest checkpoint, with the run's prompt and sampling settings."""
+        run = RunDir(run_dir, tensorboard=False)
+        values = run.read_config()
+        values.pop("trainer", None)
+        cfg = load_config(cls.Config, base=values)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise AgentGymError(f"{run_dir} has no complete checkpoint yet; train longer or pass another run.")
+        backend = load_checkpoint_backend(cfg.policy, checkpoint)
+        return build_policy(
+            backend,
+            cfg.policy,
+            temperature=getattr(cfg, "eval_temperature", None) if temperature is None else temperature,
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config with the trainer's name."""

@@ -129,3 +129,18 @@ def test_config_errors_name_the_field():
         load_config(LoopTrainer.Config, overrides=["lr=fast"])
     with pytest.raises(ConfigError, match="Did you mean 'policy.temperature'"):
         load_config(LoopTrainer.Config, overrides=["policy.temprature=0.5"])
+
+
+def test_a_run_directory_serves_as_a_policy_for_eval(tmp_path, tiny_backend):
+    import json
+
+    from agentgym.cli import main
+
+    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=8), "iterations=1", "tasks_per_iteration=2",
+                       "group_size=2", "minibatch_size=4", "eval_tasks=2")
+    trainer.fit()
+    run_dir = trainer.run.path
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--env", "bandit", "--policy", str(run_dir), "-n", "4", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["episodes"] == 4 and summary["policy"] == str(run_dir)
