@@ -438,32 +438,47 @@ class PolicyGradientTrainer:
             f"eval/{split}/steps_mean": summary.mean_steps,
         }
 
+    def total_steps(self) -> int:
+        """How many training steps ``fit`` runs (iterations here; epochs for SFT)."""
+        return self.cfg.iterations
+
+    def prepare(self) -> None:
+        """Work done once before the first step (SFT builds its demonstrations here)."""
+
+    def train_step(self, iteration: int) -> dict[str, float]:
+        """One iteration: collect, update, keep samples; returns its metrics."""
+        started = time.perf_counter()
+        trajectories = self.collect(iteration)
+        metrics = self.iteration_metrics(trajectories, started)
+        metrics.update(self.update(trajectories))
+        metrics["iteration_s"] = time.perf_counter() - started
+        self.write_samples(iteration, trajectories)
+        return metrics
+
     def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
-        """Train for ``iterations`` iterations (continuing from the latest checkpoint when ``resume``)."""
+        """Run ``total_steps()`` steps (continuing from the latest checkpoint when ``resume``) and evaluate."""
         cfg = self.cfg
         self.run.write_config(self.config_dict())
+        self.prepare()
         done = self.restore() if resume else 0
         started_fit = time.perf_counter()
         if done == 0:
             self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
+        total = self.total_steps()
+        budget = getattr(cfg, "time_budget_minutes", None)
         try:
-            for iteration in range(done, cfg.iterations):
+            for iteration in range(done, total):
                 elapsed = (time.perf_counter() - started_fit) / 60
-                if cfg.time_budget_minutes is not None and elapsed > cfg.time_budget_minutes and iteration > done:
+                if budget is not None and elapsed > budget and iteration > done:
                     self.run.log(done, {"stopped_time_budget_minutes": elapsed})
                     break
                 self.iteration = iteration
-                started = time.perf_counter()
-                trajectories = self.collect(iteration)
-                metrics = self.iteration_metrics(trajectories, started)
-                metrics.update(self.update(trajectories))
-                metrics["iteration_s"] = time.perf_counter() - started
-                self.write_samples(iteration, trajectories)
+                metrics = self.train_step(iteration)
                 done = iteration + 1
-                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iterations:
+                if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                     metrics.update(self.evaluate("dev", f"it{done}"))
                 self.run.log(done, metrics)
-                if done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                if done % cfg.checkpoint_every == 0 and done < total:
                     self.checkpoint(done)
                 if on_iteration is not None:
                     on_iteration(done, metrics)

@@ -348,38 +348,23 @@ class SFTTrainer(PolicyGradientTrainer):
         self.optimizer.step()
         return loss_sum, prob_sum
 
-    def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
-        """Train for ``epochs`` epochs (continuing from the latest checkpoint when ``resume``)."""
-        cfg = self.cfg
-        self.run.write_config(self.config_dict())
-        demos = self.demonstrations()
-        batch = token_batch(demos, self.backend._pad_id)
-        done = self.restore() if resume else 0
-        if done == 0:
-            self.write_samples(0, demos)
-            self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
-        try:
-            for epoch in range(done, cfg.epochs):
-                self.iteration = epoch
-                started = time.perf_counter()
-                metrics = self.epoch(batch, epoch)
-                metrics.update(
-                    demonstrations=float(len(demos)),
-                    train_tokens=float(batch.loss_mask.sum()),
-                    iteration_s=time.perf_counter() - started,
-                )
-                done = epoch + 1
-                if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.epochs:
-                    metrics.update(self.evaluate("dev", f"it{done}"))
-                self.run.log(done, metrics)
-                if done % cfg.checkpoint_every == 0 and done < cfg.epochs:
-                    self.checkpoint(done)
-                if on_iteration is not None:
-                    on_iteration(done, metrics)
-        except KeyboardInterrupt:
-            self.checkpoint(done)
-            raise
-        self.checkpoint(done)
-        final = {**self.evaluate("dev", "end"), **self.evaluate("test", "end")}
-        self.run.log(done, final)
-        return final
+    def total_steps(self) -> int:
+        """One step per epoch over the demonstrations."""
+        return self.cfg.epochs
+
+    def prepare(self) -> None:
+        """Build the demonstrations (and keep a few as samples) before the first epoch."""
+        self.demos = self.demonstrations()
+        self.demo_batch = token_batch(self.demos, self.backend._pad_id)
+        self.write_samples(0, self.demos)
+
+    def train_step(self, iteration: int) -> dict[str, float]:
+        """One epoch of supervised updates."""
+        started = time.perf_counter()
+        metrics = self.epoch(self.demo_batch, iteration)
+        metrics.update(
+            demonstrations=float(len(self.demos)),
+            train_tokens=float(self.demo_batch.loss_mask.sum()),
+            iteration_s=time.perf_counter() - started,
+        )
+        return metrics
