@@ -6,6 +6,7 @@ and saving/loading checkpoints.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from agentgym.config import ConfigError
 from agentgym.trajectory import Trajectory
 
 
@@ -62,6 +64,55 @@ class PolicySection:
     """Linear layers that get LoRA adapters."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Settings every trainer has: what it plays and trains, optimisation, evaluation, checkpoints, budget."""
+
+    env: EnvSection = field(default_factory=lambda: EnvSection(kwargs={"preset": "tiny"}, max_turns=10))
+    """The env and episode budget (the default env starts from its easiest preset; another --env starts from
+    no kwargs)."""
+    policy: PolicySection = field(default_factory=PolicySection)
+    """The policy being trained."""
+    minibatch_size: int = 8
+    """Episodes per optimizer step."""
+    micro_batch_size: int = 4
+    """Episodes per forward/backward (gradient accumulation inside a minibatch)."""
+    lr: float = 2e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    num_envs: int = 24
+    """Episodes run concurrently (the generation batch) in collection and evaluation."""
+    eval_every: int = 4
+    """Evaluate on held-out tasks every N steps (0: only before and after)."""
+    eval_tasks: int = 16
+    """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
+    eval_temperature: float = 1.0
+    """Sampling temperature of evaluations: 1 measures the stochastic policy being trained (0: greedy, which for
+    a small untrained model often repeats one move forever)."""
+    checkpoint_every: int = 4
+    """Checkpoint every N steps (and always at the end)."""
+    time_budget_minutes: float | None = 10.0
+    """Start no new step after this many minutes of training (evaluations included); the final evaluation and
+    report still run. None: run every step. The default suits a 2-core CPU."""
+    seed: int = 0
+    """Seed of task sampling, rollout sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        for name in ("minibatch_size", "micro_batch_size", "num_envs", "eval_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.micro_batch_size > self.minibatch_size:
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size={self.minibatch_size}; "
+                "set micro_batch_size <= minibatch_size."
+            )
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr={self.lr} must be a positive number.")
 
 
 def build_backend(section: PolicySection, *, model: str | None = None) -> Any:

@@ -17,10 +17,9 @@ taken. Ctrl-C saves a checkpoint; a NaN loss or a batch without signal skips the
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,10 +35,9 @@ from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
 from trainers.common import (
     Aggregation,
-    EnvSection,
-    PolicySection,
     RatioLevel,
     TokenBatch,
+    TrainerConfig,
     build_backend,
     build_policy,
     load_checkpoint_backend,
@@ -51,34 +49,17 @@ from trainers.common import (
 
 
 @dataclass(frozen=True)
-class PolicyGradientConfig:
+class PolicyGradientConfig(TrainerConfig):
     """Settings shared by the policy-gradient trainers (defaults suit a 2-core CPU and the default model)."""
 
-    env: EnvSection = field(default_factory=lambda: EnvSection(kwargs={"preset": "tiny"}, max_turns=10))
-    """The env and episode budget (the default env starts from its easiest preset; another --env starts from
-    no kwargs)."""
-    policy: PolicySection = field(default_factory=PolicySection)
-    """The policy being trained."""
     iterations: int = 8
     """Collect-then-update iterations."""
     tasks_per_iteration: int = 6
     """Training tasks drawn per iteration."""
     group_size: int = 4
     """Episodes per task (same seed): K in leave-one-out / group-normalised advantages."""
-    num_envs: int = 24
-    """Episodes run concurrently during collection (the generation batch)."""
     epochs: int = 1
     """Passes over each iteration's episodes."""
-    minibatch_size: int = 8
-    """Episodes per optimizer step."""
-    micro_batch_size: int = 4
-    """Episodes per forward/backward (gradient accumulation inside a minibatch)."""
-    lr: float = 2e-4
-    """AdamW learning rate."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip."""
     clip_eps: float = 0.2
     """PPO ratio clip epsilon."""
     clip_kind: Literal["symmetric", "loop"] = "symmetric"
@@ -101,41 +82,12 @@ class PolicyGradientConfig:
     """Add the KL to the loss, or subtract it from the token rewards."""
     divergence_stop: float | None = 20.0
     """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
-    eval_every: int = 4
-    """Evaluate on held-out tasks every N iterations (0: only before and after)."""
-    eval_tasks: int = 16
-    """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
-    eval_temperature: float = 1.0
-    """Sampling temperature of evaluations: 1 measures the stochastic policy being trained (0: greedy, which for
-    a small untrained model often repeats one move forever)."""
-    checkpoint_every: int = 4
-    """Checkpoint every N iterations (and always at the end)."""
-    time_budget_minutes: float | None = 10.0
-    """Start no new iteration after this many minutes of training (evaluations included); the final
-    evaluation and report still run. None: run every iteration. The default suits a 2-core CPU."""
-    seed: int = 0
-    """Seed of task sampling, rollout sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "iterations",
-            "tasks_per_iteration",
-            "group_size",
-            "num_envs",
-            "epochs",
-            "minibatch_size",
-            "micro_batch_size",
-            "eval_tasks",
-        ):
+        super().__post_init__()
+        for name in ("iterations", "tasks_per_iteration", "group_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.micro_batch_size > self.minibatch_size:
-            raise ConfigError(
-                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
-                f"{self.minibatch_size}; set micro_batch_size <= minibatch_size."
-            )
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"lr={self.lr} must be a positive number.")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"clip_eps={self.clip_eps} must be in (0, 1).")
 

@@ -17,10 +17,9 @@ shuffled demonstrations; held-out evaluation and checkpoints are the policy-grad
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,18 +39,24 @@ from policies.llm.conversation import Conversation
 # The policy's own observation-to-text rule, so demonstrations see exactly what the policy sees.
 from policies.llm.policy import EpisodeMemory, LLMPolicy, LLMPolicyConfig
 from policies.llm.prompts import ANSWER_CLOSE, ANSWER_OPEN, user_message
-from trainers.common import EnvSection, PolicySection, TokenBatch, build_backend, score, token_batch
+from trainers.common import TokenBatch, TrainerConfig, build_backend, score, token_batch
 from trainers.policy_gradient import PolicyGradientTrainer
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(TrainerConfig):
     """Supervised fine-tuning settings (defaults suit a 2-core CPU and the default model)."""
 
-    env: EnvSection = field(default_factory=lambda: EnvSection(kwargs={"preset": "tiny"}, max_turns=10))
-    """The env whose prompts the demonstrations use, and the episode budget of oracle demos and evaluations."""
-    policy: PolicySection = field(default_factory=PolicySection)
-    """The policy being trained (its prompt settings shape the demonstrations)."""
+    lr: float = 5e-5
+    """AdamW learning rate."""
+    num_envs: int = 16
+    """Episodes run concurrently in evaluations."""
+    eval_every: int = 1
+    """Evaluate on held-out tasks every N epochs (0: only before and after)."""
+    eval_temperature: float = 0.0
+    """Sampling temperature of evaluations (0: greedy: a cloned policy is judged by its best guess)."""
+    checkpoint_every: int = 1
+    """Checkpoint every N epochs (and always at the end)."""
     data_file: str | None = None
     """JSONL of trajectories (agentgym eval/train) or {"messages": [...]} chats; None: the env's oracle."""
     demo_tasks: int = 64
@@ -59,41 +64,13 @@ class SFTConfig:
     only_successful: bool = True
     """Keep only successful episodes (oracle dead ends, failed trajectories in a data file)."""
     epochs: int = 3
-    """Passes over the demonstrations; one epoch is one iteration of the run."""
-    minibatch_size: int = 8
-    """Demonstrations per optimizer step."""
-    micro_batch_size: int = 4
-    """Demonstrations per forward/backward (gradient accumulation inside a minibatch)."""
-    lr: float = 5e-5
-    """AdamW learning rate."""
-    weight_decay: float = 0.01
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip."""
-    num_envs: int = 16
-    """Episodes run concurrently in evaluations."""
-    eval_every: int = 1
-    """Evaluate on held-out tasks every N epochs (0: only before and after)."""
-    eval_tasks: int = 16
-    """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
-    eval_temperature: float = 0.0
-    """Sampling temperature of evaluations (0: greedy)."""
-    checkpoint_every: int = 1
-    """Checkpoint every N epochs (and always at the end)."""
-    seed: int = 0
-    """Seed of demonstration order, oracle demo seeds and initialisation."""
+    """Passes over the demonstrations; one epoch is one step of the run."""
 
     def __post_init__(self) -> None:
-        for name in ("demo_tasks", "epochs", "minibatch_size", "micro_batch_size", "num_envs", "eval_tasks"):
+        super().__post_init__()
+        for name in ("demo_tasks", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.micro_batch_size > self.minibatch_size:
-            raise ConfigError(
-                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size={self.minibatch_size}; "
-                f"set micro_batch_size <= minibatch_size."
-            )
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"lr={self.lr} must be a positive number.")
         if self.data_file is not None and not Path(self.data_file).is_file():
             raise ConfigError(f"data_file={self.data_file!r} does not exist; pass a JSONL of trajectories or chats.")
 
