@@ -111,7 +111,7 @@ class RolloutEngine:
         rng = np.random.default_rng(seed)
         queue = [(task, s, g) for task, s in jobs for g in range(self.config.group_size)]
         queue.reverse()  # pop() from the end keeps job order
-        free = list(range(self.config.num_envs))
+        free = list(range(self.config.num_envs - 1, -1, -1))  # pop() hands out slot 0 first: envs are made lazily
         live: dict[int, _Episode] = {}
         done: list[Trajectory] = []
         try:
