@@ -142,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy_kwargs = parse_kwargs(args.policy_kwargs, "--policy-kwargs")
     if args.temperature is not None:
         policy_kwargs["temperature"] = args.temperature
-    rollout = RolloutConfig(num_envs=args.num_envs, max_turns=args.max_turns)
+    rollout = RolloutConfig(num_envs=args.num_envs, max_turns=args.max_turns, max_episode_tokens=args.max_tokens)
     out_dir = Path(args.out) if args.out else None
     columns = (
         TextColumn("[bold]eval[/bold] {task.description}"),
@@ -300,8 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a policy on held-out tasks")
     _add_env_args(p)
-    p.add_argument("--policy", "-p", default="smollm2",
-                   help="random, oracle, smollm2 (default), hf:PATH, vllm:PATH, openai:MODEL, or a run directory")
+    p.add_argument(
+        "--policy",
+        "-p",
+        default="smollm2",
+        help="random, oracle, smollm2 (default), hf:PATH, vllm:PATH, openai:MODEL, or a run directory",
+    )
     p.add_argument("--policy-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[])
     p.add_argument(
         "--episodes",
@@ -316,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (LLM policies)")
     p.add_argument("--num-envs", type=int, default=16, help="episodes run concurrently (the policy's batch)")
     p.add_argument("--max-turns", type=int, default=None, help="per-episode turn budget")
+    p.add_argument("--max-tokens", type=int, default=None, help="per-episode budget of generated tokens")
     p.add_argument("--json", default=None, metavar="FILE", help="write the summary and per-episode records here")
     p.add_argument(
         "--out", default=None, metavar="DIR", help="write summary.json, trajectories.jsonl, report.md and plots here"
