@@ -178,14 +178,32 @@ class PolicyGradientTrainer:
         # Only kept episodes are scored (dropped ones carry no gradient); the scoring matches the loss's.
         old_logp = self._behaviour_logprobs(batch) if old_logp is None else old_logp[keep, : batch.loss_mask.shape[1]]
         advantages = adv[keep]
+        stats.update(
+            self.run_epochs(
+                len(keep),
+                lambda rows: self._minibatch(batch, rows, advantages, old_logp),
+                ("loss", "clip_frac", "entropy", "approx_kl"),
+            )
+        )
+        stats["train_tokens"] = float(batch.tokens)
+        return stats
+
+    def run_epochs(self, rows: int, minibatch: Any, keys: tuple[str, ...]) -> dict[str, float]:
+        """``epochs`` shuffled passes of ``minibatch(row_indices) -> metrics | None`` over ``rows`` episodes.
+
+        None from ``minibatch`` is a skipped (non-finite) step. Stops an epoch when the k1 divergence from the
+        behaviour policy exceeds ``divergence_stop``, and forgets cached prompt keys/values after any update.
+        """
+        cfg = self.cfg
+        logs: dict[str, list[float]] = {k: [] for k in keys}
+        stats: dict[str, float] = {}
         steps = skipped = 0
-        logs: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "approx_kl": []}
         self.backend.model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.iteration)
         for _ in range(cfg.epochs):
-            order = torch.randperm(len(keep), generator=gen)
-            for start in range(0, len(keep), cfg.minibatch_size):
-                result = self._minibatch(batch, order[start : start + cfg.minibatch_size], advantages, old_logp)
+            order = torch.randperm(rows, generator=gen)
+            for start in range(0, rows, cfg.minibatch_size):
+                result = minibatch(order[start : start + cfg.minibatch_size])
                 if result is None:
                     skipped += 1
                     continue
@@ -198,9 +216,7 @@ class PolicyGradientTrainer:
         if steps:  # cached prompt keys/values belong to the old weights
             self.backend.clear_prefix_cache()
         stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
-        stats.update(
-            optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped), train_tokens=float(batch.tokens)
-        )
+        stats.update(optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped))
         return stats
 
     def _behaviour_logprobs(self, batch: TokenBatch) -> torch.Tensor:

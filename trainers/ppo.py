@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
-import numpy as np
 import torch
 
 from agentgym import ops
@@ -265,31 +264,15 @@ class PPOTrainer(PolicyGradientTrainer):
             values_mean=float((old_values * grid.mask).sum() / grid.mask.sum()),
             critic_only=float(self.iteration < cfg.critic_warmup),
         )
-        logs: dict[str, list[float]] = {k: [] for k in ("loss", "value_loss", "value_clip_frac", "clip_frac")}
-        steps = skipped = 0
-        self.backend.model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.iteration)
         targets = (grid, old_logp, old_values, advantages.float(), returns.float())
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(trajectories), generator=gen)
-            for start in range(0, len(trajectories), cfg.minibatch_size):
-                result = self._ppo_minibatch(batch, order[start : start + cfg.minibatch_size], *targets)
-                if result is None:
-                    skipped += 1
-                    continue
-                steps += 1
-                for key in logs:
-                    logs[key].append(result[key])
-                if cfg.divergence_stop is not None and result["traj_k1"] > cfg.divergence_stop:
-                    stats["divergence_stop"] = 1.0
-                    break
-        clear = getattr(self.backend, "clear_prefix_cache", None)
-        if steps and clear is not None:  # a backend's cached prompt keys/values belong to the old weights
-            clear()
-        stats.update({k: float(np.mean(v)) if v else 0.0 for k, v in logs.items()})
         stats.update(
-            optimizer_steps=float(steps), skipped_nonfinite_steps=float(skipped), train_tokens=float(batch.tokens)
+            self.run_epochs(
+                len(trajectories),
+                lambda rows: self._ppo_minibatch(batch, rows, *targets),
+                ("loss", "value_loss", "value_clip_frac", "clip_frac"),
+            )
         )
+        stats["train_tokens"] = float(batch.tokens)
         return stats
 
     def _ppo_minibatch(
