@@ -52,8 +52,8 @@ from trainers.common import (
 class PolicyGradientConfig(TrainerConfig):
     """Settings shared by the policy-gradient trainers (defaults suit a 2-core CPU and the default model)."""
 
-    iterations: int = 8
-    """Collect-then-update iterations."""
+    iterations: int = 30
+    """Collect-then-update iterations (at most: ``time_budget_minutes`` usually ends a CPU run first)."""
     tasks_per_iteration: int = 6
     """Training tasks drawn per iteration."""
     group_size: int = 4
