@@ -434,10 +434,11 @@ class PolicyGradientTrainer:
             self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
         total = self.total_steps()
         budget = getattr(cfg, "time_budget_minutes", None)
+        first = done
         try:
-            for iteration in range(done, total):
+            for iteration in range(first, total):
                 elapsed = (time.perf_counter() - started_fit) / 60
-                if budget is not None and elapsed > budget and iteration > done:
+                if budget is not None and elapsed > budget and iteration > first:
                     self.run.log(done, {"stopped_time_budget_minutes": elapsed})
                     break
                 self.iteration = iteration

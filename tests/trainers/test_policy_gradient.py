@@ -144,3 +144,13 @@ def test_a_run_directory_serves_as_a_policy_for_eval(tmp_path, tiny_backend):
     assert main(["eval", "--env", "bandit", "--policy", str(run_dir), "-n", "4", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())["summary"]
     assert summary["episodes"] == 4 and summary["policy"] == str(run_dir)
+
+
+def test_time_budget_stops_starting_iterations_and_says_so(tmp_path, tiny_backend):
+    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=9), "iterations=5", "tasks_per_iteration=2",
+                       "group_size=2", "minibatch_size=4", "eval_tasks=2", "time_budget_minutes=0.0")
+    trainer.fit()
+    records = trainer.run.metrics()
+    assert max(r["step"] for r in records) == 1  # one iteration always runs; the budget stops the rest
+    assert any("stopped_time_budget_minutes" in r for r in records)
+    assert "eval/test/success_rate" in records[-1]  # the final evaluation still ran
