@@ -118,9 +118,13 @@ class PolicyGradientTrainer:
         self.optimizer = torch.optim.AdamW(
             self.backend.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.reference = self._reference_model() if config.kl_coef > 0 else None
+        self.reference = self._reference_model() if self.needs_reference() else None
         self.env_id = make(config.env.id, **config.env.kwargs).spec_id
         self.iteration = 0
+
+    def needs_reference(self) -> bool:
+        """Whether a frozen copy of the initial model is kept (only for a KL penalty)."""
+        return self.cfg.kl_coef > 0
 
     # ------------------------------------------------------------------ hooks for named trainers
     def advantages(self, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,6 @@ import torch
 from agentgym.config import ConfigError
 from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
-from agentgym.registry import make
-from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, Turn
 from agentgym.types import ActionBatch
 from policies.llm.base import Generation
@@ -39,7 +37,7 @@ from policies.llm.conversation import Conversation
 # The policy's own observation-to-text rule, so demonstrations see exactly what the policy sees.
 from policies.llm.policy import EpisodeMemory, LLMPolicy, LLMPolicyConfig
 from policies.llm.prompts import ANSWER_CLOSE, ANSWER_OPEN, user_message
-from trainers.common import TokenBatch, TrainerConfig, build_backend, score, token_batch
+from trainers.common import TokenBatch, TrainerConfig, score, token_batch
 from trainers.policy_gradient import PolicyGradientTrainer
 
 
@@ -217,18 +215,9 @@ class SFTTrainer(PolicyGradientTrainer):
     Config: ClassVar[type] = SFTConfig
     name: ClassVar[str] = "sft"
 
-    def __init__(self, config: SFTConfig, run: RunDir, *, backend: Any = None) -> None:
-        # Not the policy-gradient constructor: SFT has no reference model and no rollout settings.
-        self.cfg = config
-        self.run = run
-        torch.manual_seed(config.seed)
-        self.backend = backend if backend is not None else build_backend(config.policy)
-        self.optimizer = torch.optim.AdamW(
-            self.backend.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        self.reference = None
-        self.env_id = make(config.env.id, **config.env.kwargs).spec_id
-        self.iteration = 0
+    def needs_reference(self) -> bool:
+        """SFT has no KL penalty, so no reference copy."""
+        return False
 
     # ------------------------------------------------------------------ demonstrations
     def demo_policy(self, choose: Callable[[Any, EpisodeMemory], Any]) -> DemonstrationPolicy:
