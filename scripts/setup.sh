@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 PY="$VENV/bin/python"
-EXTRAS="${AGENTGYM_EXTRAS:-dev,llm}"
+EXTRAS="${AGENTGYM_EXTRAS:-dev,llm,graph}"
 TORCH_VERSION="${AGENTGYM_TORCH_VERSION:-2.13.0}"
 STAMP="$VENV/.agentgym-setup"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) extras=$EXTRAS torch=$TORCH_VERSION"
