@@ -42,6 +42,8 @@ class EnvSpec:
         extra: the pip extra whose packages this env needs, named in the error when they are missing.
         requires: modules that must import for this env to work (checked before the entry point).
         check: settings for ``agentgym.testing.check_env`` (oracle episodes, kwargs for the oracle test, ...).
+        policy: the env's default trainable neural policy, ``"module:Class"`` of a ``NeuralPolicy`` (graph envs:
+            their GNN); trainers use it when ``policy.network`` is ``auto``. None: the LLM policy.
     """
 
     id: str
@@ -54,6 +56,7 @@ class EnvSpec:
     extra: str | None = None
     requires: tuple[str, ...] = ()
     check: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
 
     @property
     def name(self) -> str:
@@ -162,6 +165,7 @@ def register(
     extra: str | None = None,
     requires: tuple[str, ...] = (),
     check: dict[str, Any] | None = None,
+    policy: str | None = None,
     override: bool = False,
 ) -> EnvSpec:
     """Register an env under a versioned id (and with gymnasium as ``id``), returning its spec.
@@ -183,6 +187,7 @@ def register(
         extra=extra,
         requires=tuple(requires),
         check=dict(check or {}),
+        policy=policy,
     )
     auto = [f"{name}-v{version}"]
     newest = max(

@@ -50,6 +50,17 @@ class RolloutConfig:
             raise ValueError(f"max_turns={self.max_turns} must be >= 1 or None.")
 
 
+def _snapshot(obs: Any) -> Any:
+    """A copy of an observation's arrays (envs may reuse their buffers between steps)."""
+    if isinstance(obs, np.ndarray):
+        return obs.copy()
+    if isinstance(obs, dict):
+        return {k: _snapshot(v) for k, v in obs.items()}
+    if isinstance(obs, (list, tuple)):
+        return type(obs)(_snapshot(v) for v in obs)
+    return obs
+
+
 @dataclass
 class _Episode:
     env: Any
@@ -152,6 +163,8 @@ class RolloutEngine:
             task_name=names[int(task)] if names else None,
             policy=self.policy_name,
         )
+        if getattr(self.policy, "records_observations", False):  # neural policies: re-scored by their trainer
+            trajectory.observations, trajectory.logprobs = [], []
         return _Episode(env, trajectory, obs, memory, time.perf_counter())
 
     def _turn(self, live: dict[int, _Episode], rng: np.random.Generator) -> list[int]:
@@ -196,6 +209,9 @@ class RolloutEngine:
                 )
             )
             traj.warnings.extend(meta.get("warnings", ()))
+            if traj.observations is not None:
+                traj.observations.append(_snapshot(episode.obs))
+                traj.logprobs.append(float(batch.logprobs[i]))
             traj.episode_return += float(reward)
             traj.success = bool(info.get("success", False))
             episode.obs = obs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,7 +67,8 @@ class Trajectory:
     which each turn's prompt can be rebuilt. ``context_dropped_turns`` > 0 means some turns were generated with
     old turns dropped from the prompt (the context budget), so a whole-sequence re-score differs from sampling
     for those turns. ``constrained`` means guided decoding shaped the replies, so ``logprobs`` are those of the
-    constrained sampler rather than of the free model.
+    constrained sampler rather than of the free model. For a neural policy (no tokens), ``logprobs`` holds the
+    joint log-prob of each step's action and ``observations`` each step's raw observation.
     """
 
     env_id: str
@@ -91,6 +92,8 @@ class Trajectory:
     constrained: bool = False
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    observations: list[Any] | None = field(default=None, repr=False, compare=False)
+    """Raw observation of every step, kept in memory for neural policies' trainers (never written to JSONL)."""
 
     @property
     def steps(self) -> int:
@@ -109,7 +112,9 @@ class Trajectory:
 
     def to_json(self) -> str:
         """One JSON line."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("turns", "observations")}
+        data["turns"] = [asdict(t) for t in self.turns]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trajectory:

@@ -1,7 +1,8 @@
-"""Pieces every LLM trainer shares.
+"""Pieces every trainer shares.
 
-Config sections, building the policy, turning trajectories into tensors, scoring them with the trainer's model,
-and saving/loading checkpoints.
+Config sections, building the policy (an LLM, or a neural policy: see ``trainers.neural``), turning trajectories
+into tensors, scoring them with the trainer's model, and saving/loading checkpoints. Each function takes the
+backend and dispatches on its kind, so the trainers themselves never ask which kind of policy they train.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ class EnvSection:
 
 @dataclass(frozen=True)
 class PolicySection:
-    """The LLM policy being trained and how it samples."""
+    """The policy being trained (an LLM, or a neural network over the env's structured/graph view)."""
 
+    network: str = "auto"
+    """'auto' (the env's own neural policy if it registers one, e.g. a graph env's GNN; else the LLM), 'llm',
+    'mlp', or 'module:Class' of a NeuralPolicy. The fields below through gradient_checkpointing are the LLM's."""
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of a neural policy (hidden sizes, layers)."""
     model: str = "smollm2"
     """'smollm2' (the embedded default), a local model directory, or a hub id with downloads allowed."""
     device: str = "auto"
@@ -115,8 +121,33 @@ class TrainerConfig:
             raise ConfigError(f"lr={self.lr} must be a positive number.")
 
 
-def build_backend(section: PolicySection, *, model: str | None = None) -> Any:
-    """Load the trainable HF backend described by ``section`` (``model`` overrides the path, for resuming)."""
+def network_name(section: PolicySection, env_id: str) -> str | None:
+    """The neural policy ``section`` asks for on ``env_id`` (None: the LLM)."""
+    from agentgym.registry import spec
+
+    if section.network == "llm":
+        return None
+    if section.network == "auto":
+        return spec(env_id).policy
+    return section.network
+
+
+def is_neural(backend: Any) -> bool:
+    """Whether ``backend`` wraps a neural policy rather than an LLM."""
+    return getattr(backend, "is_neural", False)
+
+
+def build_backend(section: PolicySection, *, model: str | None = None, env: EnvSection | None = None) -> Any:
+    """The trainable backend described by ``section``: a neural policy sized for ``env``, or the HF LLM.
+
+    ``model`` overrides the LLM's path (for resuming).
+    """
+    network = network_name(section, env.id) if env is not None else None
+    if network is not None:
+        from agentgym.registry import make
+        from trainers.neural import NeuralBackend
+
+        return NeuralBackend.build(network, make(env.id, **env.kwargs), section.network_kwargs, device=section.device)
     from policies.llm.hf import HFBackend, LoraSettings
 
     lora = (
@@ -130,8 +161,13 @@ def build_backend(section: PolicySection, *, model: str | None = None) -> Any:
     return backend
 
 
-def load_checkpoint_backend(section: PolicySection, checkpoint: Path) -> Any:
-    """The backend saved in ``checkpoint/policy``: a LoRA adapter on the base model, or the whole model."""
+def load_checkpoint_backend(section: PolicySection, checkpoint: Path, env: EnvSection | None = None) -> Any:
+    """The backend saved in ``checkpoint/policy``: a neural policy, a LoRA adapter on the base model, or a model."""
+    if env is not None and network_name(section, env.id) is not None:
+        from agentgym.registry import make
+        from trainers.neural import NeuralBackend
+
+        return NeuralBackend.load(checkpoint / "policy", make(env.id, **env.kwargs), device=section.device)
     if section.lora:
         backend = build_backend(section)
         backend.load_adapter(checkpoint / "policy")
@@ -140,13 +176,22 @@ def load_checkpoint_backend(section: PolicySection, checkpoint: Path) -> Any:
 
 
 def build_policy(backend: Any, section: PolicySection, *, temperature: float | None = None) -> Any:
-    """An ``LLMPolicy`` over ``backend`` with the section's sampling and prompt settings."""
+    """The rollout policy of ``backend``.
+
+    An ``LLMPolicy`` with the section's sampling and prompt settings, or a ``NeuralActor`` (greedy when
+    ``temperature`` is 0).
+    """
+    temperature = section.temperature if temperature is None else temperature
+    if is_neural(backend):
+        from policies.neural import NeuralActor
+
+        return NeuralActor(backend.model, greedy=temperature == 0)
     from policies.llm.policy import LLMPolicy, LLMPolicyConfig
 
     return LLMPolicy(
         backend,
         LLMPolicyConfig(
-            temperature=section.temperature if temperature is None else temperature,
+            temperature=temperature,
             max_new_tokens=section.max_new_tokens,
             think=section.think,
             guided=section.guided,
@@ -215,8 +260,24 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TokenBatch:
     return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turns[:, 1:])
 
 
-def score(backend: Any, batch: TokenBatch, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of ``batch`` under the backend's current parameters."""
+def make_batch(backend: Any, trajectories: Sequence[Trajectory]) -> Any:
+    """``TokenBatch`` of LLM episodes or ``StepBatch`` of neural-policy episodes, for ``backend``."""
+    if is_neural(backend):
+        from trainers.neural import step_batch
+
+        return step_batch(trajectories, backend.model)
+    return token_batch(trajectories, backend._pad_id)
+
+
+def score(backend: Any, batch: Any, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies per token (LLM) or per step (neural) of ``batch`` under the current parameters.
+
+    Neural policies sample from their own distribution, so ``temperature`` applies to LLMs only.
+    """
+    if is_neural(backend):
+        from trainers.neural import score_steps
+
+        return score_steps(backend.model, batch)
     device = backend.device
     return backend.sequence_logprobs(
         batch.input_ids.to(device), batch.attention_mask.to(device), temperature=temperature

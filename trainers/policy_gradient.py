@@ -40,11 +40,12 @@ from trainers.common import (
     TrainerConfig,
     build_backend,
     build_policy,
+    is_neural,
     load_checkpoint_backend,
     load_optimizer,
+    make_batch,
     save_policy,
     score,
-    token_batch,
 )
 
 
@@ -105,7 +106,7 @@ class PolicyGradientConfig(TrainerConfig):
 
 
 class PolicyGradientTrainer:
-    """Trains an LLM policy with clipped policy gradients on group advantages (see the module docstring)."""
+    """Trains a policy (an LLM or a neural network) with clipped policy gradients (see the module docstring)."""
 
     Config: ClassVar[type] = PolicyGradientConfig
     name: ClassVar[str] = "pg"
@@ -114,7 +115,7 @@ class PolicyGradientTrainer:
         self.cfg = config
         self.run = run
         torch.manual_seed(config.seed)
-        self.backend = backend if backend is not None else build_backend(config.policy)
+        self.backend = backend if backend is not None else build_backend(config.policy, env=config.env)
         self.optimizer = torch.optim.AdamW(
             self.backend.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -163,7 +164,7 @@ class PolicyGradientTrainer:
         keys: dict[tuple[str, int], int] = {}
         group_ids = torch.tensor([keys.setdefault((str(t.task), t.seed), len(keys)) for t in trajectories])
         returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64)
-        batch = token_batch(trajectories, self.backend._pad_id)
+        batch = make_batch(self.backend, trajectories)
         stats: dict[str, float] = {}
         old_logp = None
         if self.reference is not None and cfg.kl_placement == "reward":
@@ -228,8 +229,8 @@ class PolicyGradientTrainer:
         self.backend.model.eval()
         parts = []
         with torch.no_grad():
-            for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
-                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
+            for start in range(0, batch.loss_mask.shape[0], self.cfg.micro_batch_size):
+                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.loss_mask.shape[0])))
                 logp, _ = score(self.backend, batch.select(rows), temperature=self.cfg.policy.temperature)
                 parts.append(torch.nn.functional.pad(logp.float().cpu(), (0, batch.loss_mask.shape[1] - logp.shape[1])))
         return torch.cat(parts)
@@ -301,8 +302,8 @@ class PolicyGradientTrainer:
     def _reference_kl(self, batch: TokenBatch, logp: torch.Tensor) -> torch.Tensor:
         """Per-token KL of the behaviour policy to the reference, ``[B, T-1]``, for KL-in-reward."""
         parts = []
-        for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
-            rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
+        for start in range(0, batch.loss_mask.shape[0], self.cfg.micro_batch_size):
+            rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.loss_mask.shape[0])))
             sub = batch.select(rows)
             ref = self._reference_logp(sub).float().cpu()
             width = ref.shape[1]
@@ -329,10 +330,10 @@ class PolicyGradientTrainer:
         if path is None:
             return 0
         state = json.loads((path / "trainer_state.json").read_text())
-        if self.cfg.policy.lora:
+        if self.cfg.policy.lora and not is_neural(self.backend):
             self.backend.load_adapter(path / "policy")
         else:
-            self.backend = load_checkpoint_backend(self.cfg.policy, path)
+            self.backend = load_checkpoint_backend(self.cfg.policy, path, self.cfg.env)
         self.optimizer = torch.optim.AdamW(
             self.backend.trainable_parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
@@ -344,7 +345,7 @@ class PolicyGradientTrainer:
 
     @classmethod
     def policy_from_run(cls, run_dir: str | Path, *, temperature: float | None = None) -> Any:
-        """The LLM policy of a run directory's latest checkpoint, with the run's prompt and sampling settings."""
+        """The policy of a run directory's latest checkpoint, with the run's prompt and sampling settings."""
         run = RunDir(run_dir, tensorboard=False)
         values = run.read_config()
         values.pop("trainer", None)
@@ -352,7 +353,7 @@ class PolicyGradientTrainer:
         checkpoint = run.latest_checkpoint()
         if checkpoint is None:
             raise AgentGymError(f"{run_dir} has no complete checkpoint yet; train longer or pass another run.")
-        backend = load_checkpoint_backend(cfg.policy, checkpoint)
+        backend = load_checkpoint_backend(cfg.policy, checkpoint, cfg.env)
         return build_policy(
             backend,
             cfg.policy,

@@ -33,7 +33,7 @@ from agentgym import ops
 from agentgym.config import ConfigError
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory
-from trainers.common import Aggregation, PolicySection, TokenBatch, save_policy, score, token_batch
+from trainers.common import Aggregation, PolicySection, TokenBatch, is_neural, make_batch, save_policy, score
 from trainers.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
 
 
@@ -113,8 +113,20 @@ class TurnGrid(NamedTuple):
     positions: torch.Tensor
 
 
-def turn_grid(trajectories: Sequence[Trajectory]) -> TurnGrid:
-    """Turn rewards, the turns that carry a reply, and where each turn's value is read (see ``TurnGrid``)."""
+def turn_grid(trajectories: Sequence[Trajectory], *, neural: bool = False) -> TurnGrid:
+    """Turn rewards, the turns that carry a reply, and where each turn's value is read (see ``TurnGrid``).
+
+    For a neural policy's episodes every step is a decision (``positions`` are unused: values come from the
+    critic network on the step's observation).
+    """
+    if neural:
+        width = max([len(t.turns) for t in trajectories] + [1])
+        rewards = torch.zeros(len(trajectories), width, dtype=torch.float64)
+        mask = torch.zeros(len(trajectories), width)
+        for b, t in enumerate(trajectories):
+            rewards[b, : len(t.turns)] = torch.tensor([turn.reward for turn in t.turns], dtype=torch.float64)
+            mask[b, : len(t.turns)] = 1.0
+        return TurnGrid(rewards, mask, torch.zeros(len(trajectories), width, dtype=torch.long))
     replies = [[(s[3], s[1]) for s in t.segments or () if s[0] == "assistant"] for t in trajectories]
     width = max([len(t.turns) for t in trajectories] + [turn + 1 for r in replies for turn, _ in r] + [1])
     rewards = torch.zeros(len(trajectories), width, dtype=torch.float64)
@@ -205,8 +217,20 @@ class PPOTrainer(PolicyGradientTrainer):
 
     def __init__(self, config: PPOConfig, run: RunDir, *, backend: Any = None) -> None:
         super().__init__(config, run, backend=backend)
-        hidden = int(_decoder(self.backend).config.hidden_size)
-        self.value_head = value_head(hidden, config.value_hidden).to(self.backend.device)
+        if is_neural(self.backend):
+            # A neural policy's critic is a second network of the same class (its value output is used), so
+            # value gradients never reach the policy, as with the LLM's detached value head.
+            from trainers.neural import NeuralBackend
+
+            critic = NeuralBackend.build(
+                self.backend.entry_point, self.make_env(), self.backend.kwargs, device=str(self.backend.device)
+            )
+            if not critic.model.has_value:
+                raise ConfigError(f"{type(critic.model).__name__} has no value head; PPO needs one (has_value).")
+            self.value_head = critic.model
+        else:
+            hidden = int(_decoder(self.backend).config.hidden_size)
+            self.value_head = value_head(hidden, config.value_hidden).to(self.backend.device)
         self.value_optimizer = torch.optim.AdamW(
             self.value_head.parameters(), lr=config.value_lr, weight_decay=config.weight_decay
         )
@@ -220,6 +244,12 @@ class PPOTrainer(PolicyGradientTrainer):
         Gradients flow under grad; ``policy_grad=False`` builds no graph through the model (the critic's warm-up).
         """
         policy_grad = policy_grad and torch.is_grad_enabled()
+        if is_neural(self.backend):
+            from trainers.neural import score_steps
+
+            with torch.set_grad_enabled(policy_grad):
+                logp, entropy = score_steps(self.backend.model, sub)
+            return logp, entropy, score_steps(self.value_head, sub, with_values=True)[2]
         with caught_hidden_states(self.backend) as box, torch.set_grad_enabled(policy_grad):
             logp, entropy = score(self.backend, sub, temperature=self.cfg.policy.temperature)
         hidden = box["hidden"].detach()  # the critic must not move the policy
@@ -232,8 +262,8 @@ class PPOTrainer(PolicyGradientTrainer):
         self.backend.model.eval()
         logps, values = [], []
         with torch.no_grad():
-            for start in range(0, batch.input_ids.shape[0], self.cfg.micro_batch_size):
-                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.input_ids.shape[0])))
+            for start in range(0, batch.loss_mask.shape[0], self.cfg.micro_batch_size):
+                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.loss_mask.shape[0])))
                 logp, _, value = self._score(batch.select(rows), positions[rows])
                 logps.append(torch.nn.functional.pad(logp.float().cpu(), (0, batch.loss_mask.shape[1] - logp.shape[1])))
                 values.append(value.float().cpu())
@@ -243,12 +273,15 @@ class PPOTrainer(PolicyGradientTrainer):
     def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """Old log-probs and values, turn GAE, then the minibatch updates of policy and critic."""
         cfg = self.cfg
-        keep = [i for i, t in enumerate(trajectories) if t.token_ids and any(t.loss_mask or ())]
+        neural = is_neural(self.backend)
+        keep = [
+            i for i, t in enumerate(trajectories) if (t.turns if neural else t.token_ids and any(t.loss_mask or ()))
+        ]
         if not keep:
             return {"update_skipped_no_signal": 1.0}
         trajectories = [trajectories[i] for i in keep]
-        batch = token_batch(trajectories, self.backend._pad_id)
-        grid = turn_grid(trajectories)
+        batch = make_batch(self.backend, trajectories)
+        grid = turn_grid(trajectories, neural=neural)
         old_logp, old_values = self._behaviour(batch, grid.positions)
         rewards = grid.rewards
         stats: dict[str, float] = {}

@@ -1,0 +1,130 @@
+"""Trainable neural policies (MLP, GNN) over an env's structured or graph view, and their rollout adapter.
+
+A ``NeuralPolicy`` is a ``torch.nn.Module`` whose ``forward`` maps a list of raw env observations to
+``PolicyOutput``: masked logits over ``A`` choices for each of ``S`` decision slots (``S = 1`` for a plain
+``Discrete`` env; ``S`` = the aircraft of a fleet, each choosing a destination), which slots decide at this step,
+and optionally a state value. The joint log-probability of a step is the sum over its deciding slots, so one env
+step is one "action" for the policy-gradient trainers, exactly as one reply is for an LLM.
+
+``NeuralActor`` wraps a policy in the rollout ``Policy`` protocol: it samples (or takes the mode), and returns
+the joint log-probs; the rollout engine keeps each step's raw observation in the trajectory (transiently: not in
+JSONL) so that a trainer can re-score the stored actions under new parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentgym.types import ActionBatch
+
+_NEG = -1e9
+
+
+@dataclass
+class PolicyOutput:
+    """What a neural policy computes for a batch of ``N`` observations.
+
+    Attributes:
+        logits: ``[N, S, A]`` unnormalised scores of ``A`` choices for ``S`` decision slots.
+        mask: ``[N, S, A]`` bool, True where a choice is allowed (every deciding slot needs at least one).
+        active: ``[N, S]`` bool, True for slots that decide at this step (others contribute nothing).
+        value: ``[N]`` state values, or None for a policy without a critic.
+    """
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+    active: torch.Tensor
+    value: torch.Tensor | None = None
+
+    def log_probs(self) -> torch.Tensor:
+        """``[N, S, A]`` log-probabilities with disallowed choices at (effectively) minus infinity."""
+        return torch.log_softmax(self.logits.masked_fill(~self.mask, _NEG), dim=-1)
+
+    def sample(self, generator: torch.Generator | None = None, *, greedy: bool = False) -> torch.Tensor:
+        """``[N, S]`` choices (argmax with ``greedy``); inactive slots get their first allowed choice."""
+        logp = self.log_probs()
+        if greedy:
+            return logp.argmax(-1)
+        flat = logp.detach().exp().reshape(-1, logp.shape[-1]).cpu()  # a CPU generator samples on any device
+        return torch.multinomial(flat, 1, generator=generator).reshape(logp.shape[:-1]).to(logp.device)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[N]`` joint log-prob of ``[N, S]`` choices: the sum over active slots."""
+        chosen = self.log_probs().gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return (chosen * self.active).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """``[N]`` joint entropy: the sum of the active slots' entropies."""
+        logp = self.log_probs()
+        ent = -(logp.exp() * logp.masked_fill(~self.mask, 0.0)).sum(-1)
+        return (ent * self.active).sum(-1)
+
+
+class NeuralPolicy(torch.nn.Module):
+    """Base class of trainable neural policies; subclasses implement ``forward`` (see ``PolicyOutput``).
+
+    ``to_env_action`` turns one observation's ``[S]`` choices into what ``env.step`` takes (an int for
+    ``S = 1``, else an int array) and ``from_env_action`` reverses it; override both for other action formats.
+    ``make(env, **kwargs)`` builds a policy sized for ``env`` (what trainers call).
+    """
+
+    def forward(self, observations: Sequence[Any]) -> PolicyOutput:  # pragma: no cover - abstract
+        """Scores for a batch of raw env observations."""
+        raise NotImplementedError
+
+    @classmethod
+    def make(cls, env: Any, **kwargs: Any) -> NeuralPolicy:
+        """A policy sized for ``env`` (subclasses read its spaces)."""
+        return cls(**kwargs)
+
+    @property
+    def has_value(self) -> bool:
+        """Whether ``forward`` returns state values (PPO's critic)."""
+        return False
+
+    def to_env_action(self, choices: np.ndarray) -> Any:
+        """One observation's ``[S]`` choices as an env action."""
+        return int(choices[0]) if choices.shape[0] == 1 else choices.astype(np.int64)
+
+    def from_env_action(self, action: Any) -> np.ndarray:
+        """The ``[S]`` choices of a recorded env action (the inverse of ``to_env_action``)."""
+        return np.atleast_1d(np.asarray(action, dtype=np.int64))
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+
+class NeuralActor:
+    """A ``NeuralPolicy`` as a rollout ``Policy``: samples (or plays greedily) and reports joint log-probs."""
+
+    #: The rollout engine keeps raw observations in trajectories for policies that set this.
+    records_observations = True
+
+    def __init__(self, policy: NeuralPolicy, *, greedy: bool = False) -> None:
+        self.policy, self.greedy = policy, greedy
+
+    def act(
+        self, observations: Sequence[Any], *, envs: Sequence[Any], rng: np.random.Generator, memories: Any = None
+    ) -> ActionBatch:
+        """Choose one action per observation (no gradients)."""
+        del envs, memories  # a learned policy sees only its observations
+        gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        was_training = self.policy.training
+        self.policy.eval()
+        with torch.no_grad():
+            out = self.policy(list(observations))
+            choices = out.sample(gen, greedy=self.greedy)
+            logp = out.log_prob(choices)
+        self.policy.train(was_training)
+        rows = choices.cpu().numpy()
+        return ActionBatch(
+            actions=[self.policy.to_env_action(row) for row in rows],
+            logprobs=logp.cpu().numpy().astype(np.float64),
+        )
