@@ -1,4 +1,4 @@
-"""The ``agentgym`` command line: envs, describe, play, check, eval, replay, train."""
+"""The ``agentgym`` command line: envs, describe, play, check, eval, replay, glad, train."""
 
 from __future__ import annotations
 
@@ -269,6 +269,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_glad(args: argparse.Namespace) -> int:
+    """Write GLAD demonstrations (oracle play with compressed search chains) as a trajectories JSONL."""
+    from agentgym.glad import GladConfig, build_dataset
+
+    config = GladConfig(tasks=args.tasks, split=args.split, seed=args.seed, max_turns=args.max_turns,
+                        search_seconds=args.search_seconds)
+    with Progress(TextColumn("[bold]glad[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console) as progress:
+        bar = progress.add_task(args.env, total=args.tasks)
+        report = build_dataset(args.env, args.out, config, env_kwargs=parse_kwargs(args.env_kwargs),
+                               on_task=lambda _i, _status: progress.advance(bar))
+    console.print(report.summary(), markup=False, highlight=False)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``agentgym`` command."""
@@ -331,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a trajectories.jsonl written by eval or train")
     p.add_argument("--episode", type=int, default=0, help="index of the episode in the file")
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("glad", help="write GLAD lookahead demonstrations (search chains) for SFT")
+    _add_env_args(p)
+    p.add_argument("--tasks", "-n", type=int, default=64, help="training tasks to play")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL to write; train with --set data_file=FILE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="split the tasks come from")
+    p.add_argument("--max-turns", type=int, default=200, help="turns per episode (SFT trains an episode as one "
+                   "sequence: keep 2048 episodes short, e.g. 20)")
+    p.add_argument("--search-seconds", type=float, default=10.0, help="search budget per step (seconds)")
+    p.set_defaults(fn=cmd_glad)
 
     p = sub.add_parser("train", help="train a policy with a registered trainer", add_help=False)
     _add_env_args(p, flag="optional")

@@ -26,6 +26,7 @@ from agentgym.ops.advantages import (
 )
 from agentgym.ops.kl import KLKind, k1_divergence, kl_estimate, kl_penalized_rewards, trajectory_log_ratio
 from agentgym.ops.losses import AggMode, ClipKind, RatioLevel, aggregate, clip_range, policy_loss
+from agentgym.ops.mc import blend_values, mc_grpo_advantages, mc_td_advantages  # noqa: F401 - re-exported
 from agentgym.ops.returns import gae, reinforce_pp_returns
 
 __all__ = [

@@ -1,0 +1,156 @@
+"""GLAD data: chain writers for Sokoban and 2048, the dataset builder, the CLI, and replay by the SFT trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agentgym
+from agentgym import glad
+from agentgym.cli import main
+from agentgym.errors import AgentGymError
+from agentgym.glad import GladConfig, SearchBudget, SearchTimeout, build_dataset, chain_writer, glad_reply
+from agentgym.trajectory import read_trajectories
+
+BUDGET = SearchBudget(seconds=10.0)
+
+
+def chain_of(reply: str) -> str:
+    return reply.partition("<think>")[2].partition("</think>")[0]
+
+
+def check_oracle_play(env: Any, task: int, steps: int, max_words: int, tokenizer: Any | None) -> tuple[int, bool]:
+    """Play the chains' actions, checking each against the env's oracle; returns (turns played, success)."""
+    env.reset(seed=0, options={"task": task})
+    writer = chain_writer(env)
+    names = env.unwrapped.action_names
+    for turn in range(steps):
+        found = writer(env, BUDGET)
+        if found is None:
+            return turn, False
+        chain, action = found
+        assert action == env.unwrapped.oracle_action()
+        assert chain.endswith(f"Best: {names[action]}.")
+        assert len(chain.split()) <= max_words, chain
+        if tokenizer is not None:
+            assert len(tokenizer.encode(chain)) <= 90, chain
+        _, _, terminated, truncated, info = env.step(glad_reply(chain, names[action]))
+        assert info["action_valid"]
+        if terminated or truncated:
+            return turn + 1, info["success"]
+    return steps, info["success"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(request: pytest.FixtureRequest) -> Any:
+    try:
+        return request.getfixturevalue("smol_tokenizer")
+    except pytest.skip.Exception:
+        return None
+
+
+def test_sokoban_chains_are_short_factual_and_choose_the_oracle_action(tokenizer: Any) -> None:
+    env = agentgym.make("sokoban", preset="easy")
+    for task in env.unwrapped.task_set.tasks("train", 4):
+        turns, success = check_oracle_play(env, task, 60, max_words=45, tokenizer=tokenizer)
+        assert turns > 0 and success  # the chosen actions solve the level
+    env.reset(seed=0, options={"task": 2})
+    chain, _ = chain_writer(env)(env, BUDGET)
+    assert chain.startswith("Player (")
+    assert {"Up:", "Down:", "Left:", "Right:"} <= set(chain.split())
+
+
+def test_sokoban_chain_names_walls_and_deadlocks() -> None:
+    env = agentgym.make("sokoban", preset="tiny")
+    seen = set()
+    for task in env.unwrapped.task_set.tasks("train", 12):
+        env.reset(seed=0, options={"task": task})
+        chain, _ = chain_writer(env)(env, BUDGET)
+        seen |= {word for word in ("wall.", "deadlock.", "left.", "blocked.") if word in chain}
+    assert {"wall.", "left."} <= seen
+
+
+def test_2048_chains_are_short_and_choose_the_oracle_action(tokenizer: Any) -> None:
+    env = agentgym.make("2048")
+    assert check_oracle_play(env, 5, 25, max_words=45, tokenizer=tokenizer)[0] == 25
+    env.reset(seed=0, options={"task": 5})
+    for a in (0, 3, 0, 3, 1):
+        env.step(a)
+    chain, action = chain_writer(env)(env, BUDGET)
+    assert chain.startswith("Max ") and "empty" in chain
+    assert f"Best: {env.unwrapped.action_names[action]}." in chain
+
+
+def test_dataset_is_trajectory_jsonl_with_think_replies(tmp_path: Path) -> None:
+    out = tmp_path / "glad.jsonl"
+    report = build_dataset("sokoban", out, GladConfig(tasks=3), env_kwargs={"preset": "tiny"})
+    assert (report.requested, report.written, report.timed_out) == (3, 3, 0)
+    trajectories = list(read_trajectories(out))
+    assert len(trajectories) == 3 and all(t.success and t.policy == "glad" for t in trajectories)
+    env = agentgym.make("sokoban", preset="tiny")
+    for t in trajectories:
+        env.reset(seed=t.seed, options={"task": t.task})
+        for turn in t.turns:
+            assert turn.observation == env.unwrapped.text_observation()
+            assert turn.action.startswith("<think>") and "</think><answer>" in turn.action
+            assert turn.action.endswith("</answer>")
+            env.step(turn.action)
+    assert report.turns == sum(t.steps for t in trajectories)
+
+
+def test_cli_writes_the_requested_tasks(tmp_path: Path) -> None:
+    out = tmp_path / "cli.jsonl"
+    code = main(["glad", "--env", "sokoban", "--tasks", "2", "--out", str(out), "--env-kwargs", "preset=tiny"])
+    assert code == 0
+    assert len(out.read_text().splitlines()) == 2
+    code = main(["glad", "--env", "2048", "--tasks", "2", "--out", str(out), "--max-turns", "5"])
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # overwritten, not appended
+    assert len(records) == 2 and all(len(r["turns"]) == 5 and r["truncated"] for r in records)
+
+
+def test_search_timeouts_skip_and_count_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = build_dataset("sokoban", tmp_path / "a.jsonl", GladConfig(tasks=3, search_nodes=1),
+                           env_kwargs={"preset": "easy"})
+    assert (report.written, report.timed_out) == (0, 3)
+    real = chain_writer(agentgym.make("sokoban"))
+    calls = {"n": 0}
+
+    def flaky(env: Any, budget: SearchBudget) -> Any:
+        calls["n"] += 1
+        if env.unwrapped.task == env.unwrapped.task_set.tasks("train", 2)[1]:
+            raise SearchTimeout("too hard")
+        return real(env, budget)
+
+    monkeypatch.setitem(glad.CHAIN_WRITERS, "environments.sokoban", flaky)
+    report = build_dataset("sokoban", tmp_path / "b.jsonl", GladConfig(tasks=3), env_kwargs={"preset": "tiny"})
+    assert (report.requested, report.written, report.timed_out, report.dead_ends) == (3, 2, 1, 0)
+    assert len(list(read_trajectories(tmp_path / "b.jsonl"))) == 2 and calls["n"] > 3
+    assert "skipped 1 (search timeout)" in report.summary()
+
+
+def test_env_without_a_chain_writer_is_a_clear_error() -> None:
+    with pytest.raises(AgentGymError, match="glad_chain"):
+        chain_writer(agentgym.make("bandit"))
+
+
+def test_sft_replay_keeps_the_chain_in_the_trained_tokens(tmp_path: Path, smol_tokenizer: Any) -> None:
+    from policies.llm.policy import LLMPolicyConfig
+    from trainers.sft import DemonstrationPolicy, play_demonstration
+
+    out = tmp_path / "glad.jsonl"
+    build_dataset("sokoban", out, GladConfig(tasks=1), env_kwargs={"preset": "tiny"})
+    record = next(read_trajectories(out))
+    env = agentgym.make("sokoban", preset="tiny")
+    actions = [t.action for t in record.turns]
+    for guided in (False, True):
+        policy = DemonstrationPolicy(smol_tokenizer, LLMPolicyConfig(think=True, guided=guided),
+                                     lambda _e, memory: actions[memory.turns])
+        demo = play_demonstration(env, policy, record.task, record.seed, max_turns=len(actions),
+                                  expected=record.turns)
+        trained = smol_tokenizer.decode([i for i, m in zip(demo.token_ids, demo.loss_mask) if m])
+        assert demo.success
+        assert chain_of(actions[0]) in trained and trained.count("<think>") == len(actions)
