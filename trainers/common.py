@@ -76,9 +76,12 @@ class PolicySection:
 class TrainerConfig:
     """Settings every trainer has: what it plays and trains, optimisation, evaluation, checkpoints, budget."""
 
-    env: EnvSection = field(default_factory=lambda: EnvSection(kwargs={"preset": "tiny"}, max_turns=10))
-    """The env and episode budget (the default env starts from its easiest preset; another --env starts from
-    no kwargs)."""
+    env: EnvSection = field(
+        default_factory=lambda: EnvSection(kwargs={"preset": "tiny", "distance_reward": 0.5}, max_turns=10)
+    )
+    """The env and episode budget. The default env starts from its easiest preset, with potential-based
+    box-to-target shaping (``distance_reward``: it leaves optimal policies and success unchanged, and gives
+    groups of failed episodes different returns, i.e. a learning signal); another --env starts from no kwargs."""
     policy: PolicySection = field(default_factory=PolicySection)
     """The policy being trained."""
     minibatch_size: int = 8

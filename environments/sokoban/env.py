@@ -83,6 +83,10 @@ class SokobanEnv(AgentEnv[SokobanState]):
     ``reward_mode="gym"`` (gym-sokoban's scheme): -0.1 per step, +1 when a box reaches a target, -1 when a box
     leaves one, +10 when the last box is placed (the solving push earns -0.1 + 1 + 10 = 10.9).
     ``reward_mode="success"``: 1.0 on the solving step, else 0.
+    ``distance_reward=c`` (default 0) adds potential-based shaping to either mode: a push that moves a box from
+    Manhattan distance ``d`` to ``d'`` of its nearest target earns ``c * (d - d')``. The potential is the negated
+    sum of those distances, so shaping telescopes over an episode and does not change which policies are optimal
+    (Ng et al., 1999); it gives a trainer signal from partial progress. ``info["success"]`` is unaffected.
 
     ## Episode End
     Terminated when every box is on a target (``info["success"]``). Truncated after ``max_steps`` steps
@@ -103,6 +107,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
       a level whose start is provably unsolvable by the cheap tests (a box on a dead square, a frozen box off
       target) raises ``UnsolvableError`` here; deeper unsolvability is found by ``optimal_plan()``.
     * ``reward_mode``: "gym" (default) or "success".
+    * ``distance_reward``: coefficient of the box-to-target shaping above (default 0: off).
     * ``max_steps``: episode limit (default: the preset's, 500 for level files).
     * ``text_style``: "xsb" (default) or "ragen".
     * ``oracle_time_limit``: seconds the oracle may search per plan (default 30).
@@ -118,8 +123,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
 
     def __init__(self, preset: str = "easy", *, dim_room: tuple[int, int] | None = None,
                  num_boxes: int | None = None, level_file: str | Path | None = None, reward_mode: str = "gym",
-                 max_steps: int | None = None, text_style: str = "xsb", oracle_time_limit: float = 30.0,
-                 obs_mode: str = "dict", invalid_action_penalty: float = 0.0,
+                 distance_reward: float = 0.0, max_steps: int | None = None, text_style: str = "xsb",
+                 oracle_time_limit: float = 30.0, obs_mode: str = "dict", invalid_action_penalty: float = 0.0,
                  render_mode: str | None = None) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         if reward_mode not in REWARD_MODES:
@@ -127,6 +132,10 @@ class SokobanEnv(AgentEnv[SokobanState]):
         if text_style not in render.TEXT_STYLES:
             raise ValueError(f"text_style={text_style!r} is not one of {render.TEXT_STYLES}.")
         self.reward_mode, self.text_style, self.oracle_time_limit = reward_mode, text_style, oracle_time_limit
+        if not np.isfinite(distance_reward) or distance_reward < 0:
+            raise ValueError(f"distance_reward={distance_reward!r} must be a finite coefficient >= 0 (0: no shaping).")
+        self.distance_reward = float(distance_reward)
+        self._target_dist: list[int] | None = None
         if level_file is not None:
             default_steps = self._init_file(level_file)
         else:
@@ -211,7 +220,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
 
     def _load(self, level: Level, boxes: Any, player: int) -> None:
         if level is not self._level:
-            self._level, self._board = level, None
+            self._level, self._board, self._target_dist = level, None, None
             self._digest = level.digest()
         n, g = self.size, self._grid
         g[:] = bytes(4 * n)
@@ -234,7 +243,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
     def _step(self, action: int | None) -> tuple[float, bool, bool, dict[str, Any]]:
         # Hot path: pure-Python ints on the flat planes (wall | target | box | player), no numpy.
         self._steps += 1
-        change, effective = 0, False
+        change, effective, shaping = 0, False, 0.0
         if action is not None:
             g, n, p = self._grid, self.size, self._player
             d = self._deltas[action]
@@ -248,6 +257,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
                         self._on_target += change
                         self._pushes += 1
                         effective = True
+                        if self.distance_reward:
+                            dist = self._target_dist or self._target_distances()
+                            shaping = self.distance_reward * (dist[q] - dist[beyond])
                 else:
                     effective = True
                 if effective:
@@ -259,8 +271,18 @@ class SokobanEnv(AgentEnv[SokobanState]):
             reward = -0.1 + change + (10.0 if solved else 0.0)
         else:
             reward = 1.0 if solved else 0.0
+        reward += shaping
         truncated = not solved and self._steps >= self.max_steps
         return reward, solved, truncated, self._info(effective)
+
+    def _target_distances(self) -> list[int]:
+        """Manhattan distance from every cell to its nearest target (cached per level)."""
+        w = self.width
+        targets = [divmod(t, w) for t in self._level.targets]
+        self._target_dist = [
+            min(abs(r - tr) + abs(c - tc) for tr, tc in targets) for r, c in (divmod(i, w) for i in range(self.size))
+        ]
+        return self._target_dist
 
     def _info(self, effective: bool) -> dict[str, Any]:
         return {"success": self._on_target == self._num_boxes, "steps": self._steps, "moves": self._moves,

@@ -69,6 +69,21 @@ def test_success_only_rewards(tmp_path):
     assert env.step(RIGHT)[1] == 1.0
 
 
+def test_distance_shaping_rewards_progress_and_telescopes(tmp_path):
+    env = level_env(tmp_path, "########\n#@$  .-#\n########\n", distance_reward=0.5)
+    assert env.step(RIGHT)[1] == pytest.approx(-0.1 + 0.5)  # box 3 -> 2 cells from the target
+    assert env.step(LEFT)[1] == pytest.approx(-0.1)  # a plain move is not shaped
+    total = sum(env.step(a)[1] for a in (RIGHT, RIGHT, RIGHT))  # walk back, push twice: solved
+    # Shaping telescopes: over the episode it adds 0.5 * (starting distance 3 - final distance 0).
+    assert total == pytest.approx(-0.1 + (-0.1 + 0.5) + (-0.1 + 0.5 + 1 + 10))
+    env = level_env(tmp_path, "##########\n#@ $. $.-#\n##########\n", distance_reward=0.5)
+    env.step(RIGHT)
+    assert env.step(RIGHT)[1] == pytest.approx(-0.1 + 0.5 + 1)
+    assert env.step(RIGHT)[1] == pytest.approx(-0.1 - 0.5 - 1)  # pushed off the target, one cell away
+    with pytest.raises(ValueError, match="distance_reward=-1"):
+        level_env(tmp_path, ONE_ROW, distance_reward=-1)
+
+
 def test_truncation_counts_every_step(tmp_path):
     env = level_env(tmp_path, ONE_ROW, max_steps=2)
     assert env.step("nonsense")[3] is False
