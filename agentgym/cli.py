@@ -131,19 +131,68 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a policy and print (and optionally write) the results."""
-    from agentgym.evaluation import evaluate, is_run_dir, write_json
+    """Evaluate one policy (or several, on the same tasks, with a comparison table) and print the results."""
+    from agentgym.evaluation import is_run_dir
+
+    env_spec = registry.spec(args.env)  # fail on a bad name before any progress bar starts
+    names = [name for item in args.policy or ["smollm2"] for name in item.split(",") if name]
+    if args.baselines:
+        names += [b for b in env_spec.baselines if b not in names]
+    for name in names:
+        if not is_run_dir(name):
+            registry.policy_spec(name.partition(":")[0] if ":" in name else name)
+    if len(names) == 1:
+        summary, trajectories = _eval_one(args, names[0], Path(args.out) if args.out else None)
+        _print_episodes(trajectories)
+        _print_summary(summary)
+        if args.json:
+            from agentgym.evaluation import write_json
+
+            write_json(args.json, summary, trajectories)
+            console.print(f"wrote {args.json}")
+        return 130 if summary.interrupted else 0
+    summaries = []
+    for name in names:
+        out = Path(args.out) / _slug(name) if args.out else None
+        summary, _ = _eval_one(args, name, out)
+        summaries.append(summary)
+        if summary.interrupted:
+            break
+    table = Table(title=f"{env_spec.id}: {summaries[0].split} split, {summaries[0].tasks} tasks x k={args.k}, "
+                  f"seed {args.seed} (every policy plays the same tasks)")
+    for col in ("policy", "success (95% CI)", "return mean ± std", "steps", "invalid", "ms/decision", "wall s"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for sm in summaries:
+        lo, hi = sm.success_ci95
+        table.add_row(
+            sm.policy, f"{sm.success_rate:.1%} ({lo:.0%}-{hi:.0%})", f"{sm.mean_return:.2f} ± {sm.std_return:.2f}",
+            f"{sm.mean_steps:.1f}", f"{sm.invalid_action_rate:.1%}", f"{sm.decision_ms:.2f}", f"{sm.wall_s:.1f}",
+        )
+    console.print(table)
+    if args.json:
+        import json
+
+        from agentgym.trajectory import to_jsonable
+
+        Path(args.json).write_text(json.dumps([to_jsonable(vars(sm)) for sm in summaries], indent=1))
+        console.print(f"wrote {args.json}")
+    return 130 if summaries[-1].interrupted else 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.rstrip("/"))[-80:]
+
+
+def _eval_one(args: argparse.Namespace, policy: str, out_dir: Path | None) -> tuple[Any, list[Any]]:
+    """Evaluate one policy with a progress bar; writes ``out_dir`` (summary, trajectories, report) if given."""
+    from agentgym.evaluation import evaluate, write_json
     from agentgym.report import write_report
     from agentgym.rollout import RolloutConfig
 
-    registry.spec(args.env)  # fail on a bad name before the progress bar starts
-    if not is_run_dir(args.policy):
-        registry.policy_spec(args.policy.partition(":")[0] if ":" in args.policy else args.policy)
     policy_kwargs = parse_kwargs(args.policy_kwargs, "--policy-kwargs")
     if args.temperature is not None:
         policy_kwargs["temperature"] = args.temperature
     rollout = RolloutConfig(num_envs=args.num_envs, max_turns=args.max_turns, max_episode_tokens=args.max_tokens)
-    out_dir = Path(args.out) if args.out else None
     columns = (
         TextColumn("[bold]eval[/bold] {task.description}"),
         BarColumn(),
@@ -152,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as progress:
-        bar = progress.add_task(f"{args.env} / {args.policy}", total=None, succ="-")
+        bar = progress.add_task(f"{args.env} / {policy}", total=None, succ="-")
         wins = [0, 0]
 
         def on_episode(trajectory: Any) -> None:
@@ -162,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         summary, trajectories = evaluate(
             args.env,
-            args.policy,
+            policy,
             episodes=args.episodes,
             split=args.split,
             k=args.k,
@@ -174,7 +223,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             on_start=lambda n: progress.update(bar, total=n),
             on_episode=on_episode,
         )
-    _print_episodes(trajectories)
+    if out_dir:
+        write_json(out_dir / "summary.json", summary, trajectories)
+        console.print(f"wrote {write_report(out_dir, summary, trajectories)}")
+    return summary, trajectories
+
+
+def _print_summary(summary: Any) -> None:
     lo, hi = summary.success_ci95
     console.print(
         f"[bold]{summary.env_id}[/bold] policy={summary.policy} split={summary.split} tasks={summary.tasks} "
@@ -184,13 +239,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"invalid actions {summary.invalid_action_rate:.1%}  tokens/episode {summary.mean_response_tokens:.0f}  "
         f"wall {summary.wall_s:.1f}s"
     )
-    if args.json:
-        write_json(args.json, summary, trajectories)
-        console.print(f"wrote {args.json}")
-    if out_dir:
-        write_json(out_dir / "summary.json", summary, trajectories)
-        console.print(f"wrote {write_report(out_dir, summary, trajectories)}")
-    return 130 if summary.interrupted else 0
 
 
 def _print_episodes(trajectories: Sequence[Any], limit: int = 50) -> None:
@@ -318,8 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy",
         "-p",
-        default="smollm2",
-        help="random, oracle, smollm2 (default), hf:PATH, vllm:PATH, openai:MODEL, or a run directory",
+        action="append",
+        default=None,
+        help="random, oracle, smollm2 (default), hf:PATH, vllm:PATH, openai:MODEL, or a run directory; repeat "
+        "it (or separate names by commas) to compare several policies on the same tasks in one table",
+    )
+    p.add_argument(
+        "--baselines", action="store_true", help="also evaluate every baseline the env registers (random, oracle, ...)"
     )
     p.add_argument("--policy-kwargs", nargs="+", action="extend", metavar="KEY=VALUE", default=[])
     p.add_argument(

@@ -47,6 +47,8 @@ class EvalSummary:
     generate_share: float
     wall_s: float
     interrupted: bool
+    decision_ms: float = 0.0
+    """Milliseconds in the policy per env step (its batched calls divided among the episodes they served)."""
     by_difficulty: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -150,6 +152,7 @@ def summarize(
         mean_response_tokens=tokens / n if n else 0.0,
         tokens_per_s=tokens / generate_s if generate_s > 0 else 0.0,
         generate_share=generate_s / wall_s if wall_s > 0 else 0.0,
+        decision_ms=1000 * generate_s / max(sum(t.steps for t in trajectories), 1),
         wall_s=wall_s,
         interrupted=n < expected,
         by_difficulty=by_difficulty,

@@ -44,6 +44,7 @@ class EnvSpec:
         check: settings for ``agentgym.testing.check_env`` (oracle episodes, kwargs for the oracle test, ...).
         policy: the env's default trainable neural policy, ``"module:Class"`` of a ``NeuralPolicy`` (graph envs:
             their GNN); trainers use it when ``policy.network`` is ``auto``. None: the LLM policy.
+        baselines: registered policy names that ``agentgym eval --baselines`` compares against on this env.
     """
 
     id: str
@@ -57,6 +58,7 @@ class EnvSpec:
     requires: tuple[str, ...] = ()
     check: dict[str, Any] = field(default_factory=dict)
     policy: str | None = None
+    baselines: tuple[str, ...] = ("random", "oracle")
 
     @property
     def name(self) -> str:
@@ -166,6 +168,7 @@ def register(
     requires: tuple[str, ...] = (),
     check: dict[str, Any] | None = None,
     policy: str | None = None,
+    baselines: tuple[str, ...] = ("random", "oracle"),
     override: bool = False,
 ) -> EnvSpec:
     """Register an env under a versioned id (and with gymnasium as ``id``), returning its spec.
@@ -188,6 +191,7 @@ def register(
         requires=tuple(requires),
         check=dict(check or {}),
         policy=policy,
+        baselines=tuple(baselines),
     )
     auto = [f"{name}-v{version}"]
     newest = max(

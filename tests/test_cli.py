@@ -93,3 +93,13 @@ def test_play_reads_typed_actions_undo_and_quit(corridor_cls):
     text = out.getvalue()
     assert "(undone)" in text and "invalid:" in text and "oracle suggests: Right" in text
     assert "solved!" in text and stats["successes"] == 1
+
+
+def test_eval_compares_policies_with_the_env_baselines_on_the_same_tasks(tmp_path, corridor_id, capsys):
+    path = tmp_path / "compare.json"
+    assert main(["eval", "--env", corridor_id, "-p", "random", "--baselines", "-n", "8", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [r["policy"] for r in rows] == ["random", "oracle"]  # the default baselines, without a duplicate
+    assert rows[1]["success_rate"] == 1.0 and rows[1]["mean_steps"] < rows[0]["mean_steps"]
+    assert all(r["tasks"] == 8 and r["decision_ms"] >= 0 for r in rows)
+    assert "every policy plays the same tasks" in capsys.readouterr().out
