@@ -102,4 +102,4 @@ def test_eval_compares_policies_with_the_env_baselines_on_the_same_tasks(tmp_pat
     assert [r["policy"] for r in rows] == ["random", "oracle"]  # the default baselines, without a duplicate
     assert rows[1]["success_rate"] == 1.0 and rows[1]["mean_steps"] < rows[0]["mean_steps"]
     assert all(r["tasks"] == 8 and r["decision_ms"] >= 0 for r in rows)
-    assert "every policy plays the same tasks" in capsys.readouterr().out
+    assert "every policy plays" in capsys.readouterr().out
