@@ -38,3 +38,18 @@ def register_policies() -> None:
         "policies.llm.openai_backend:make_openai_policy",
         description="Any OpenAI-compatible chat server: openai:MODEL (OPENAI_BASE_URL, OPENAI_API_KEY).",
     )
+    register_policy(
+        "vertiport_random",
+        "environments.vertiport.baselines:VertiportRandomPolicy",
+        description="Vertiport env: a random allowed destination per deciding aircraft.",
+    )
+    register_policy(
+        "vertiport_greedy",
+        "environments.vertiport.baselines:VertiportGreedyPolicy",
+        description="Vertiport env: greedy highest-expected-revenue dispatch (the env's oracle).",
+    )
+    register_policy(
+        "vertiport_ga",
+        "environments.vertiport.baselines:VertiportGAPolicy",
+        description="Vertiport env: genetic-algorithm planner over rollouts of copied states (strong, slow).",
+    )

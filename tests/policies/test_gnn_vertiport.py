@@ -1,0 +1,165 @@
+"""VertiportGNNPolicy: shapes, masks, distribution math, batching, gradients, devices, and the rollout adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import agentgym
+from environments.vertiport.env import VertiportEnv
+from environments.vertiport.fleet import BOARDED, FLYING
+from policies.gnn.vertiport import VertiportGNNPolicy
+from policies.neural import NeuralActor
+
+
+def observations(preset="small", steps=(0, 3, 6), seed=0, obs_mode="dict"):
+    """Observations of one day under the greedy oracle at the given step numbers (some aircraft in flight)."""
+    env = VertiportEnv(preset=preset, obs_mode=obs_mode)
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for step in range(max(steps) + 1):
+        if step in steps:
+            out.append(obs)
+        obs, *_ = env.step(env.oracle_action())
+    return env, out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    env, obs = observations()
+    policy = VertiportGNNPolicy.make(env, hidden=32, layers=2, heads=4)
+    return env, obs, policy
+
+
+def test_output_shapes_masks_and_active(setup):
+    env, obs, policy = setup
+    out = policy(obs)
+    n, m = env.num_vertiports, env.num_aircraft
+    assert out.logits.shape == (3, m, n) and out.mask.shape == (3, m, n) and out.active.shape == (3, m)
+    assert out.value.shape == (3,) and policy.has_value
+    for i, o in enumerate(obs):
+        assert out.mask[i].tolist() == o["struct"]["action_mask"].astype(bool).tolist()
+        assert out.active[i].tolist() == o["struct"]["deciding"].astype(bool).tolist()
+    assert torch.isfinite(out.logits).all() and out.logits.abs().max() <= policy.clip
+
+
+def test_sampling_respects_the_mask(setup):
+    _, obs, policy = setup
+    out = policy(obs)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        choices = out.sample(gen)
+        allowed = out.mask.gather(-1, choices.unsqueeze(-1)).squeeze(-1)
+        assert allowed.all()  # every slot (active ones sample; inactive ones have a single allowed entry)
+    greedy = out.sample(greedy=True)
+    assert out.mask.gather(-1, greedy.unsqueeze(-1)).all()
+
+
+def test_log_prob_and_entropy_match_categorical(setup):
+    _, obs, policy = setup
+    out = policy(obs)
+    choices = out.sample(torch.Generator().manual_seed(1))
+    masked = out.logits.masked_fill(~out.mask, float("-inf"))
+    dist = torch.distributions.Categorical(logits=masked)
+    active = out.active.float()
+    expected_logp = (dist.log_prob(choices) * active).sum(-1)
+    probs = dist.probs
+    entropy = -(probs * torch.where(out.mask, probs.clamp_min(1e-30).log(), 0.0)).sum(-1)
+    assert torch.allclose(out.log_prob(choices), expected_logp, atol=1e-5)
+    assert torch.allclose(out.entropy(), (entropy * active).sum(-1), atol=1e-5)
+
+
+def test_batched_forward_equals_one_by_one(setup):
+    _, obs, policy = setup
+    policy.eval()
+    with torch.no_grad():
+        batched = policy(obs)
+        for i, o in enumerate(obs):
+            single = policy([o])
+            assert torch.allclose(batched.logits[i], single.logits[0], atol=1e-5)
+            assert torch.allclose(batched.value[i], single.value[0], atol=1e-5)
+    policy.train()
+
+
+def test_struct_mode_and_graph_inputs_agree(setup):
+    env, obs, policy = setup
+    _, struct_obs = observations(obs_mode="struct")
+    policy.eval()
+    with torch.no_grad():
+        a = policy(obs).logits
+        b = policy(struct_obs).logits
+        env.reset(seed=0)
+        c = policy([env.graph_observation()]).logits
+    policy.train()
+    assert torch.allclose(a, b) and torch.allclose(a[0], c[0], atol=1e-6)
+
+
+def test_mixed_sizes_are_padded(setup):
+    _, obs, policy = setup
+    tiny_env, tiny_obs = observations(preset="tiny", steps=(1,))
+    policy.eval()
+    with torch.no_grad():
+        mixed = policy([obs[0], tiny_obs[0]])
+        alone = policy(tiny_obs)
+    policy.train()
+    m, n = tiny_env.num_aircraft, tiny_env.num_vertiports
+    assert mixed.logits.shape == (2, 8, 4)
+    assert torch.allclose(mixed.logits[1, :m, :n], alone.logits[0], atol=1e-5)
+    assert not mixed.mask[1, m:].any() and not mixed.mask[1, :, n:].any() and not mixed.active[1, m:].any()
+
+
+def test_gradients_reach_every_parameter(setup):
+    env, obs, policy = setup
+    # "to" edges (boarded or flying aircraft) exist, so their convolutions get gradients too.
+    assert any((o["struct"]["aircraft"][:, 1 + BOARDED : 1 + FLYING + 1] > 0).any() for o in obs)
+    policy.zero_grad()
+    out = policy(obs)
+    choices = out.sample(torch.Generator().manual_seed(2))
+    loss = -out.log_prob(choices).sum() - 0.01 * out.entropy().sum() + out.value.pow(2).sum()
+    loss.backward()
+    missing = [name for name, p in policy.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+
+
+def test_actor_actions_step_the_env():
+    env = agentgym.make("vertiport", preset="tiny")
+    assert agentgym.spec("vertiport").policy == "policies.gnn.vertiport:VertiportGNNPolicy"
+    policy = VertiportGNNPolicy.make(env, hidden=16, layers=1, heads=2)
+    actor = NeuralActor(policy)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        batch = actor.act([obs], envs=[env], rng=rng)
+        action = batch.actions[0]
+        assert action in env.action_space and np.isfinite(batch.logprobs).all()
+        assert (policy.from_env_action(action) == action).all()
+        obs, _, terminated, truncated, info = env.step(action)
+        assert info["num_masked"] == 0  # sampled choices respect the mask
+        done = terminated or truncated
+
+
+def test_bad_inputs_raise_clear_errors(setup):
+    _, obs, policy = setup
+    with pytest.raises(Exception, match="struct view"):
+        policy([{"text": "hello"}])
+    with pytest.raises(Exception, match="window"):
+        VertiportGNNPolicy(window=3)(obs)
+    with pytest.raises(Exception, match="divisible"):
+        VertiportGNNPolicy(hidden=30, heads=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(setup):
+    _, obs, policy = setup
+    policy.eval()
+    with torch.no_grad():
+        cpu = policy(obs)
+        gpu_policy = policy.to("cuda")
+        gpu = gpu_policy(obs)
+    policy.to("cpu").train()
+    assert gpu.logits.device.type == "cuda" and gpu.mask.device.type == "cuda"
+    assert torch.allclose(cpu.logits, gpu.logits.cpu(), atol=1e-4)
+    assert torch.allclose(cpu.value, gpu.value.cpu(), atol=1e-4)
