@@ -211,7 +211,8 @@ class TokenBatch:
 
     Position ``t`` of the ``[B, T-1]`` tensors describes token ``t+1`` of ``input_ids``: ``loss_mask`` is 1 where
     that token was sampled by the policy, ``sampled_logp`` its sampling log-prob, ``turn_ids`` its turn (-1 off
-    the mask).
+    the mask). ``episode[b]`` is the trajectory row ``b`` comes from (rows are whole episodes, or single turns
+    when prompts kept only recent history: see ``token_batch``).
     """
 
     input_ids: torch.Tensor
@@ -219,6 +220,7 @@ class TokenBatch:
     loss_mask: torch.Tensor
     sampled_logp: torch.Tensor
     turn_ids: torch.Tensor
+    episode: torch.Tensor
 
     @property
     def tokens(self) -> int:
@@ -235,41 +237,86 @@ class TokenBatch:
             self.loss_mask[index, : width - 1],
             self.sampled_logp[index, : width - 1],
             self.turn_ids[index, : width - 1],
+            self.episode[index],
         )
 
 
-def token_batch(trajectories: Sequence[Trajectory], pad_id: int) -> TokenBatch:
-    """Right-padded tensors of whole-episode sequences (see ``Trajectory``); raises if a trajectory has no tokens."""
+def _turn_rows(t: Trajectory, history_turns: int) -> list[tuple[list[int], list[int], list[float], list[int]]]:
+    """One row per reply, each with exactly the prompt the policy generated it from.
+
+    With ``history_turns = h`` the prompt of turn ``k`` is the system prompt and the segments of turns
+    ``k-h .. k`` (what ``Conversation.prompt_ids`` keeps when only the turn limit drops history); earlier replies
+    in a row are context, so only turn ``k``'s reply is in that row's loss mask.
+    """
+    spans = [(role, a, b, turn) for role, a, b, turn in t.segments or ()]
+    rows = []
+    for role, a, b, k in spans:
+        if role != "assistant":
+            continue
+        ids: list[int] = []
+        mask: list[int] = []
+        logp: list[float] = []
+        for r2, a2, b2, k2 in spans:
+            if k2 == -1 or (max(0, k - history_turns) <= k2 < k) or (k2 == k and r2 == "user"):
+                ids += t.token_ids[a2:b2]
+                mask += [0] * (b2 - a2)
+                logp += [0.0] * (b2 - a2)
+        ids += t.token_ids[a:b]
+        mask += t.loss_mask[a:b]
+        logp += t.logprobs[a:b]
+        rows.append((ids, mask, logp, [k] * len(ids)))
+    return rows
+
+
+def token_batch(trajectories: Sequence[Trajectory], pad_id: int, *, history_turns: int | None = None) -> TokenBatch:
+    """Right-padded tensors of the trajectories' token sequences; raises if a trajectory has no tokens.
+
+    Each episode is one row (the whole episode as one sequence, scored in one pass) unless ``history_turns`` is
+    set: then the policy saw only the last ``history_turns`` turns, so each reply becomes its own row with the
+    prompt it was actually sampled from (a whole-episode score would condition on history the policy never saw).
+    """
     missing = [i for i, t in enumerate(trajectories) if not t.token_ids]
     if missing:
         raise ValueError(f"Trajectories {missing[:5]} carry no token ids; train with an LLM policy's rollouts.")
-    width = max(len(t.token_ids) for t in trajectories)
-    b = len(trajectories)
+    rows: list[tuple[list[int], list[int], list[float], list[int]]] = []
+    episode: list[int] = []
+    for i, t in enumerate(trajectories):
+        if history_turns is not None and t.segments:
+            per_turn = _turn_rows(t, history_turns)
+        else:
+            turns = [-1] * len(t.token_ids)
+            for role, start, end, turn in t.segments or ():
+                if role == "assistant":
+                    turns[start:end] = [turn] * (end - start)
+            per_turn = [(t.token_ids, t.loss_mask, t.logprobs, turns)]
+        rows += per_turn
+        episode += [i] * len(per_turn)
+    width = max(len(r[0]) for r in rows)
+    b = len(rows)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
     attn = torch.zeros((b, width), dtype=torch.long)
     mask = torch.zeros((b, width), dtype=torch.float32)
     logp = torch.zeros((b, width), dtype=torch.float32)
-    turns = torch.full((b, width), -1, dtype=torch.long)
-    for i, t in enumerate(trajectories):
-        n = len(t.token_ids)
-        ids[i, :n] = torch.tensor(t.token_ids)
+    turn_ids = torch.full((b, width), -1, dtype=torch.long)
+    for i, (r_ids, r_mask, r_logp, r_turns) in enumerate(rows):
+        n = len(r_ids)
+        ids[i, :n] = torch.tensor(r_ids)
         attn[i, :n] = 1
-        mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
-        logp[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
-        for role, start, end, turn in t.segments or ():
-            if role == "assistant":
-                turns[i, start:end] = turn
+        mask[i, :n] = torch.tensor(r_mask, dtype=torch.float32)
+        logp[i, :n] = torch.tensor(r_logp, dtype=torch.float32)
+        turn_ids[i, :n] = torch.tensor(r_turns)
+    turn_ids[mask == 0] = -1
     # Shift by one: position t predicts token t+1. The first token is never sampled, so nothing is lost.
-    return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turns[:, 1:])
+    return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turn_ids[:, 1:], torch.tensor(episode, dtype=torch.long))
 
 
-def make_batch(backend: Any, trajectories: Sequence[Trajectory]) -> Any:
+def make_batch(backend: Any, trajectories: Sequence[Trajectory], *, history_turns: int | None = None) -> Any:
     """``TokenBatch`` of LLM episodes or ``StepBatch`` of neural-policy episodes, for ``backend``."""
     if is_neural(backend):
         from trainers.neural import step_batch
 
         return step_batch(trajectories, backend.model)
-    return token_batch(trajectories, backend._pad_id)
+    return token_batch(trajectories, backend._pad_id, history_turns=history_turns)
 
 
 def score(backend: Any, batch: Any, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

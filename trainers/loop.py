@@ -23,8 +23,11 @@ from trainers.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
 class LoopConfig(PolicyGradientConfig):
     """LOOP's settings (spec: LOOP section 1.5), scaled to a CPU budget where the paper's sizes do not fit."""
 
-    policy: PolicySection = field(default_factory=lambda: PolicySection(lora=True))
-    """The policy being trained (LoRA r=16, alpha=32 on all linear layers, as in the paper)."""
+    policy: PolicySection = field(default_factory=lambda: PolicySection(lora=True, history_turns=0))
+    """The policy being trained (LoRA r=16, alpha=32 on all linear layers, as in the paper). Prompts show only the
+    current observation (history_turns=0: the small default model otherwise copies its previous answer turn
+    after turn, so the K rollouts of a task collapse to one; Sokoban and 2048 boards are fully observed), and
+    each reply is then trained with exactly that prompt."""
     group_size: int = 6
     """K rollouts per task (the paper's 6)."""
     tasks_per_iteration: int = 3

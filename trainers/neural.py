@@ -94,7 +94,7 @@ class StepBatch:
 
     ``loss_mask`` is 1 on real steps, ``sampled_logp`` holds the joint log-prob each action was sampled with,
     ``turn_ids`` the step index (-1 past the end), ``actions`` the ``[B, T, S]`` choices and ``observations``
-    the raw observation of every step (what the policy is re-run on).
+    the raw observation of every step (what the policy is re-run on); ``episode[b]`` the trajectory of row ``b``.
     """
 
     observations: list[list[Any]]
@@ -102,6 +102,7 @@ class StepBatch:
     loss_mask: torch.Tensor
     sampled_logp: torch.Tensor
     turn_ids: torch.Tensor
+    episode: torch.Tensor
 
     @property
     def tokens(self) -> int:
@@ -118,6 +119,7 @@ class StepBatch:
             self.loss_mask[index, :width],
             self.sampled_logp[index, :width],
             self.turn_ids[index, :width],
+            self.episode[index],
         )
 
 
@@ -144,7 +146,7 @@ def step_batch(trajectories: Sequence[Trajectory], model: NeuralPolicy) -> StepB
             mask[i, :n] = 1.0
             logp[i, :n] = torch.tensor(t.logprobs[:n], dtype=torch.float32)
             turns[i, :n] = torch.arange(n)
-    return StepBatch([list(t.observations) for t in trajectories], actions, mask, logp, turns)
+    return StepBatch([list(t.observations) for t in trajectories], actions, mask, logp, turns, torch.arange(b))
 
 
 def score_steps(

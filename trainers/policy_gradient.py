@@ -164,25 +164,28 @@ class PolicyGradientTrainer:
         keys: dict[tuple[str, int], int] = {}
         group_ids = torch.tensor([keys.setdefault((str(t.task), t.seed), len(keys)) for t in trajectories])
         returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64)
-        batch = make_batch(self.backend, trajectories)
+        batch = make_batch(self.backend, trajectories, history_turns=cfg.policy.history_turns)
+        episode = batch.episode  # row -> trajectory (rows are single turns when prompts kept recent history only)
         stats: dict[str, float] = {}
         old_logp = None
         if self.reference is not None and cfg.kl_placement == "reward":
             # RLOO / REINFORCE++ style: the sequence KL to the reference is a cost in the return, so every
             # episode needs its behaviour log-probs before advantages exist.
             old_logp = self._behaviour_logprobs(batch)
-            seq_kl = (self._reference_kl(batch, old_logp) * batch.loss_mask).sum(1).double()
+            row_kl = (self._reference_kl(batch, old_logp) * batch.loss_mask).sum(1).double()
+            seq_kl = torch.zeros(len(trajectories), dtype=torch.float64).index_add_(0, episode, row_kl)
             returns = returns - cfg.kl_coef * seq_kl
             stats["kl_in_reward"] = float(seq_kl.mean())
         adv = self.advantages(returns, group_ids).float()
-        keep = [i for i in range(len(trajectories)) if abs(float(adv[i])) >= cfg.adv_threshold and float(adv[i]) != 0]
-        stats.update(adv_mean_abs=float(adv.abs().mean()), episodes_kept=float(len(keep)))
+        keep_eps = {i for i, a in enumerate(adv.tolist()) if abs(a) >= cfg.adv_threshold and a != 0}
+        keep = [r for r in range(len(episode)) if int(episode[r]) in keep_eps]
+        stats.update(adv_mean_abs=float(adv.abs().mean()), episodes_kept=float(len(keep_eps)))
         if not keep:
             return {**stats, "update_skipped_no_signal": 1.0}
         batch = batch.select(keep)
         # Only kept episodes are scored (dropped ones carry no gradient); the scoring matches the loss's.
         old_logp = self._behaviour_logprobs(batch) if old_logp is None else old_logp[keep, : batch.loss_mask.shape[1]]
-        advantages = adv[keep]
+        advantages = adv[batch.episode]
         stats.update(
             self.run_epochs(
                 len(keep),

@@ -85,6 +85,11 @@ class PPOConfig(PolicyGradientConfig):
             raise ConfigError(f"gamma={self.gamma} and lam={self.lam} must lie in [0, 1].")
         if self.value_clip is not None and self.value_clip <= 0:
             raise ConfigError(f"value_clip={self.value_clip} must be > 0, or null to disable value clipping.")
+        if self.policy.history_turns is not None:
+            raise ConfigError(
+                f"policy.history_turns={self.policy.history_turns}: PPO reads turn values from whole-episode "
+                "sequences; leave policy.history_turns unset (null) for PPO."
+            )
         if self.adv_threshold != 0:
             raise ConfigError(
                 f"adv_threshold={self.adv_threshold}: PPO keeps every turn (the critic learns from all of them); "

@@ -321,7 +321,7 @@ class SFTTrainer(PolicyGradientTrainer):
     def prepare(self) -> None:
         """Build the demonstrations (and keep a few as samples) before the first epoch."""
         self.demos = self.demonstrations()
-        self.demo_batch = token_batch(self.demos, self.backend._pad_id)
+        self.demo_batch = token_batch(self.demos, self.backend._pad_id, history_turns=self.cfg.policy.history_turns)
         self.write_samples(0, self.demos)
 
     def train_step(self, iteration: int) -> dict[str, float]:

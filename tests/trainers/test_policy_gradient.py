@@ -154,3 +154,34 @@ def test_time_budget_stops_starting_iterations_and_says_so(tmp_path, tiny_backen
     assert max(r["step"] for r in records) == 1  # one iteration always runs; the budget stops the rest
     assert any("stopped_time_budget_minutes" in r for r in records)
     assert "eval/test/success_rate" in records[-1]  # the final evaluation still ran
+
+
+def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_path, tiny_backend):
+    # Memory: 4 turns. With history_turns=1 each prompt holds the system prompt, the previous turn and the new
+    # observation; each reply becomes its own row with exactly that prompt, so re-scoring reproduces sampling.
+    from trainers.common import make_batch
+
+    trainer = _trainer(
+        LoopTrainer,
+        tmp_path,
+        tiny_backend(seed=3),
+        "env.id=memory",
+        "env.max_turns=4",
+        "policy.history_turns=1",
+        "policy.guided=false",  # free decoding: the sampled log-probs are the model's own
+        "tasks_per_iteration=2",
+        "group_size=2",
+    )
+    trajectories = trainer.collect(0)
+    assert all(t.steps == 4 and t.context_dropped_turns == 2 for t in trajectories)
+    rows = make_batch(trainer.backend, trajectories, history_turns=1)
+    assert rows.episode.tolist() == [i for i in range(len(trajectories)) for _ in range(4)]
+    assert [int(r.max()) for r in rows.turn_ids] == [0, 1, 2, 3] * len(trajectories)  # one reply per row
+    mask = rows.loss_mask.bool()
+    torch.testing.assert_close(trainer._behaviour_logprobs(rows)[mask], rows.sampled_logp[mask], atol=2e-4, rtol=0)
+    # The whole-episode layout conditions later replies on turns the policy never saw: its scores differ.
+    whole = make_batch(trainer.backend, trajectories)
+    on = whole.loss_mask.bool()
+    assert not torch.allclose(trainer._behaviour_logprobs(whole)[on], whole.sampled_logp[on], atol=2e-4)
+    stats = trainer.update(trajectories)
+    assert stats.get("optimizer_steps", 0) >= 1 or stats.get("update_skipped_no_signal") == 1.0
