@@ -42,3 +42,17 @@ def register_trainers() -> None:
         **llm,
         description="Supervised fine-tuning on demonstrations: the env's oracle or a trajectories JSONL file.",
     )
+    register_trainer(
+        "proact",
+        "trainers.proact:ProActTrainer",
+        **llm,
+        description="ProAct: GLAD (SFT on the env search's compressed chains), then MC-GRPO or MC-PPO with the "
+        "Monte-Carlo critic.",
+    )
+    register_trainer(
+        "hdpo",
+        "trainers.hdpo:HDPOTrainer",
+        extra="graph",
+        requires=("torch", "torch_geometric"),
+        description="HDPO: pathwise gradients (BPTT) through the differentiable supply-chain simulator.",
+    )
