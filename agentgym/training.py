@@ -52,6 +52,8 @@ def train(
         env_id = spec(env).id
         if resume is None and env_id != spec(cls.Config().env.id).id:
             base.setdefault("env", {})["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
+            if spec(env_id).policy is not None:  # a neural policy plays the env's whole episode (a fleet's day)
+                base["env"]["max_turns"] = None
         base.setdefault("env", {})["id"] = env_id
     if env_kwargs:
         base.setdefault("env", {}).setdefault("kwargs", {}).update(env_kwargs)

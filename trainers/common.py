@@ -27,8 +27,9 @@ class EnvSection:
     """Env id or alias (set by --env)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the env (also --env-kwargs KEY=VALUE)."""
-    max_turns: int = 8
-    """Turn budget per episode; episodes reaching it are truncated (and scored as failures)."""
+    max_turns: int | None = 8
+    """Turn budget per episode; episodes reaching it are truncated (and scored as failures). None: the env's own
+    limit (the default for envs whose default policy is neural, e.g. a fleet's whole day)."""
 
 
 @dataclass(frozen=True)
