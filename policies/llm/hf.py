@@ -286,8 +286,24 @@ class HFBackend:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         head = base.get_output_embeddings()
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                                    use_cache=False).last_hidden_state[:, :-1]
+        shared = _shared_prefix(input_ids, attention_mask)
+        decoder = base.get_decoder()
+        if shared >= _MIN_SHARED_PREFIX:
+            # Rows that start with the same tokens (every turn's prompt opens with the system prompt) run that
+            # prefix once; its keys/values are repeated for every row. Exact, and the gradient through the prefix
+            # is the sum over rows, as if each row had run it.
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            first = decoder(input_ids=input_ids[:1, :shared], position_ids=positions[:1, :shared],
+                            past_key_values=cache, use_cache=True).last_hidden_state
+            cache.batch_repeat_interleave(input_ids.shape[0])
+            rest = decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
+                           position_ids=positions[:, shared:], past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = torch.cat([first.expand(input_ids.shape[0], -1, -1), rest], 1)[:, :-1]
+        else:
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             use_cache=False).last_hidden_state[:, :-1]
         targets = input_ids[:, 1:]
         scale = 1.0 / temperature if temperature > 0 else 1.0
 
@@ -356,3 +372,17 @@ def _tail_contains(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> b
     window = 4 * max(len(s) for s in stops) + 1
     text = tokenizer.decode(tokens[-window:], skip_special_tokens=False)
     return any(s in text for s in stops)
+
+
+#: Shortest common prefix worth running once per batch in ``sequence_logprobs``.
+_MIN_SHARED_PREFIX = 16
+
+
+def _shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Length of the leading tokens every row shares (all real, right-padded rows; 0 for a single row)."""
+    if input_ids.shape[0] < 2 or not bool(attention_mask[:, 0].all()):
+        return 0
+    same = (input_ids == input_ids[:1]) & attention_mask.bool()
+    differs = (~same.all(0)).nonzero()
+    length = int(differs[0]) if len(differs) else input_ids.shape[1]
+    return min(length, input_ids.shape[1] - 1)  # keep at least one position per row in the second pass

@@ -304,3 +304,31 @@ def test_guided_entry_points_match_the_tokenization_mode(backend, tokenizer, mod
     guide = ChoiceGuide(token_strings(tokenizer), tokenizer, params, len(tokenizer), backend._eos)
     assert guide.consistent("") and guide.consistent("Up") and not guide.consistent("Upx")
     assert guide.consistent("U") == (mode == "any")
+
+
+def test_shared_prefix_scoring_is_exact_with_gradients(backend, monkeypatch):
+    # Rows opening with the same prompt run it once; log-probs, entropies and gradients match running every row.
+    import policies.llm.hf as hf
+
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(100, 5000, (40,), generator=gen)
+    rows = [torch.cat([prefix, torch.randint(100, 5000, (n,), generator=gen)]) for n in (5, 9, 3)]
+    ids = torch.zeros(3, 49, dtype=torch.long)
+    att = torch.zeros(3, 49, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], att[i, : len(r)] = r, 1
+    assert hf._shared_prefix(ids, att) == 40
+    results = []
+    for threshold in (hf._MIN_SHARED_PREFIX, 10**9):
+        monkeypatch.setattr(hf, "_MIN_SHARED_PREFIX", threshold)
+        backend.model.zero_grad()
+        logp, ent = backend.sequence_logprobs(ids, att)
+        (logp * att[:, 1:]).sum().backward()
+        grads = [p.grad.clone() for p in backend.model.parameters() if p.grad is not None]
+        results.append((logp, ent, grads))
+    mask = att[:, 1:].bool()
+    (a, ea, ga), (b, eb, gb) = results
+    torch.testing.assert_close(a[mask], b[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ea[mask], eb[mask], atol=1e-4, rtol=0)
+    assert ga and all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in zip(ga, gb))
+    backend.model.zero_grad()
