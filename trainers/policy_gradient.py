@@ -17,6 +17,7 @@ taken. Ctrl-C saves a checkpoint; a NaN loss or a batch without signal skips the
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class PolicyGradientConfig(TrainerConfig):
     """KL estimator when kl_coef > 0."""
     kl_placement: Literal["loss", "reward"] = "loss"
     """Add the KL to the loss, or subtract it from the token rewards."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before advantages and value targets (e.g. 1e-3 for the vertiport env's
+    profits in currency units, so a critic's targets are O(10) and its value clip is meaningful)."""
     divergence_stop: float | None = 20.0
     """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
 
@@ -89,6 +93,8 @@ class PolicyGradientConfig(TrainerConfig):
         for name in ("iterations", "tasks_per_iteration", "group_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
+        if not (self.reward_scale > 0 and math.isfinite(self.reward_scale)):
+            raise ConfigError(f"reward_scale={self.reward_scale} must be a positive finite number.")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"clip_eps={self.clip_eps} must be in (0, 1).")
 
@@ -163,7 +169,7 @@ class PolicyGradientTrainer:
         cfg = self.cfg
         keys: dict[tuple[str, int], int] = {}
         group_ids = torch.tensor([keys.setdefault((str(t.task), t.seed), len(keys)) for t in trajectories])
-        returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64)
+        returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float64) * cfg.reward_scale
         batch = make_batch(self.backend, trajectories, history_turns=cfg.policy.history_turns)
         episode = batch.episode  # row -> trajectory (rows are single turns when prompts kept recent history only)
         stats: dict[str, float] = {}

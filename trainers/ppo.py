@@ -288,7 +288,7 @@ class PPOTrainer(PolicyGradientTrainer):
         batch = make_batch(self.backend, trajectories)
         grid = turn_grid(trajectories, neural=neural)
         old_logp, old_values = self._behaviour(batch, grid.positions)
-        rewards = grid.rewards
+        rewards = grid.rewards * cfg.reward_scale
         stats: dict[str, float] = {}
         if self.reference is not None and cfg.kl_placement == "reward":
             kl = turn_sums(self._reference_kl(batch, old_logp), batch.turn_ids, batch.loss_mask, rewards.shape[1])

@@ -111,3 +111,18 @@ def test_resume_and_eval_from_the_run_directory(tmp_path):
     engine = RolloutEngine(lambda: make("bandit"), agent, RolloutConfig(num_envs=8))
     done = engine.run([(i, i) for i in range(16)], seed=0)
     assert np.mean([t.success for t in done]) >= 0.9
+
+
+def test_reward_scale_scales_the_advantages_and_is_validated(tmp_path):
+    from agentgym.config import ConfigError
+
+    plain = _trainer("grpo", tmp_path / "a", "iterations=1")
+    scaled = _trainer("rloo", tmp_path / "b", "iterations=1", "reward_scale=0.001")
+    plain_rloo = _trainer("rloo", tmp_path / "c", "iterations=1")
+    trajectories = plain.collect(0)
+    assert trajectories
+    a = plain_rloo.update(trajectories)["adv_mean_abs"]
+    b = scaled.update(trajectories)["adv_mean_abs"]
+    assert b == pytest.approx(a * 1e-3, rel=1e-4)
+    with pytest.raises(ConfigError, match="reward_scale"):
+        _trainer("loop", tmp_path / "d", "reward_scale=0")
