@@ -203,9 +203,13 @@ def _decoder(backend: Any) -> torch.nn.Module:
 def caught_hidden_states(backend: Any) -> Iterator[dict[str, torch.Tensor]]:
     """Catch the decoder's last hidden state ``[B, T, H]`` during a ``score`` call, so values cost no extra pass."""
     box: dict[str, torch.Tensor] = {}
+    parts: list[torch.Tensor] = []
 
     def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        box["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        # Scoring may run the decoder twice (a shared prompt prefix once, then every row's rest): join the parts.
+        parts.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+        rows = max(p.shape[0] for p in parts)
+        box["hidden"] = torch.cat([p.expand(rows, -1, -1) for p in parts], 1)
 
     handle = _decoder(backend).register_forward_hook(hook)
     try:
