@@ -1,0 +1,314 @@
+"""ProAct on a tiny model: config checks, MC-GRPO advantages and updates, GLAD SFT, MC-PPO, resume, learning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import agentgym  # noqa: E402
+from agentgym.config import ConfigError, load_config  # noqa: E402
+from agentgym.errors import AgentGymError  # noqa: E402
+from agentgym.runs import RunDir  # noqa: E402
+from environments.sanity.bandit import BanditEnv  # noqa: E402
+from trainers.proact import ProActConfig, ProActTrainer, play_time_prompt  # noqa: E402
+
+BANDIT = [
+    "env.id=bandit",
+    "env.max_turns=2",
+    "stages=mc_grpo",
+    "policy.max_new_tokens=4",
+    "eval_every=0",
+    "eval_tasks=8",
+    "num_envs=16",
+    "checkpoint_every=100",
+    "mc_rollouts=4",
+    "mc_horizon=3",
+    "time_budget_minutes=null",
+]
+SOKOBAN = [
+    "env.id=sokoban",
+    "env.kwargs={preset: tiny}",
+    "env.max_turns=3",
+    "policy.max_new_tokens=4",
+    "policy.history_turns=0",
+    "eval_every=0",
+    "eval_tasks=2",
+    "checkpoint_every=100",
+    "mc_rollouts=4",
+    "mc_horizon=5",
+    "time_budget_minutes=null",
+]
+
+
+def _trainer(tmp_path, backend, *overrides, base=BANDIT, name="proact"):
+    cfg = load_config(ProActConfig, overrides=[*base, *overrides])
+    return ProActTrainer(cfg, RunDir(tmp_path / name, tensorboard=False), backend=backend)
+
+
+def _reply_text(trainer, batch, row):
+    ids = [int(i) for i, m in zip(batch.input_ids[row, 1:], batch.loss_mask[row]) if m > 0]
+    return trainer.backend.tokenizer.decode(ids)
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="mc_rollouts=0"):
+        load_config(ProActConfig, overrides=["mc_rollouts=0"])
+    with pytest.raises(ConfigError, match="mc_horizon=-1"):
+        load_config(ProActConfig, overrides=["mc_horizon=-1"])
+    with pytest.raises(ConfigError, match="stages='ppo'"):
+        load_config(ProActConfig, overrides=["stages=ppo"])
+    with pytest.raises(ConfigError, match="policy.think=true"):
+        load_config(ProActConfig, overrides=["policy.think=false"])
+    with pytest.raises(ConfigError, match="lam=0.5"):
+        load_config(ProActConfig, overrides=["stages=mc_ppo", "lam=0.5"])
+    with pytest.raises(ConfigError, match="mc_value_weight=1.5"):
+        load_config(ProActConfig, overrides=["mc_value_weight=1.5"])
+    with pytest.raises(ConfigError, match="policy.history_turns=-1"):
+        load_config(ProActConfig, overrides=["policy.think=true", "policy.history_turns=-1"])
+    with pytest.raises(ConfigError, match="mc_group_size=1 with mc_fallback=false"):
+        load_config(ProActConfig, overrides=["mc_group_size=1", "mc_fallback=false"])
+    cfg = ProActConfig()
+    assert cfg.uses_glad and cfg.rl_stage == "mc_grpo" and cfg.policy.think and cfg.policy.max_new_tokens >= 96
+    assert load_config(ProActConfig, overrides=["stages=glad"]).rl_stage is None
+
+
+def test_an_env_without_state_copies_fails_before_training(tmp_path, tiny_backend):
+    class NoCopy(BanditEnv):
+        def get_state(self):
+            raise NotImplementedError
+
+    try:
+        agentgym.spec("test/NoCopyBandit-v0")
+    except KeyError:
+        agentgym.register(id="test/NoCopyBandit-v0", entry_point=NoCopy)
+    with pytest.raises(AgentGymError, match="does not implement get_state.*stages=glad"):
+        _trainer(tmp_path, tiny_backend(), "env.id=test/NoCopyBandit-v0")
+    with pytest.raises(AgentGymError, match="no GLAD chain writer"):  # the bandit has no search to distil
+        _trainer(tmp_path, tiny_backend(), "stages=glad+mc_grpo", "policy.think=true")
+
+
+# ---------------------------------------------------------------------------------------------------- MC-GRPO
+def test_mc_grpo_scores_groups_and_uses_the_fallback_for_degenerate_ones(tmp_path, tiny_backend):
+    trainer = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3")
+    env = agentgym.make("bandit")
+    env.reset(seed=0)
+    state = env.unwrapped.get_state()
+    groups = [["blue", "blue", "blue"], ["red", "green", "red"], ["red", "blue", "green"], ["no idea", "hmm"]]
+    scores = trainer.score_replies([state] * 4, groups)
+    assert scores.degenerate.tolist() == [True, True, False, True]
+    assert scores.invalid.tolist() == [False] * 9 + [True, True]
+    adv = scores.advantages().tolist()
+    # Q is exact here (one valid step ends the episode): blue 1, other arms 0; all arms: mean 1/4, std sqrt(3)/4.
+    assert scores.q[:9].tolist() == [1, 1, 1, 0, 0, 0, 0, 1, 0]
+    assert adv[:3] == pytest.approx([3**0.5] * 3, rel=1e-4)  # all-blue group: scored against every arm
+    assert adv[3:6] == pytest.approx([-(3**-0.5)] * 3, rel=1e-4)  # one value (0): also the fallback
+    assert adv[6:9] == pytest.approx([-(3**-0.5), 2 * 3**-0.5, -(3**-0.5)], rel=1e-4)  # ordinary group z-score
+    # The shared update scales returns by reward_scale; the advantages do not change.
+    scaled = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3", "reward_scale=0.1", name="scaled")
+    scaled._scores = scores
+    again = scaled.advantages(torch.as_tensor(scores.q) * 0.1, torch.as_tensor(scores.group)).tolist()
+    assert again == pytest.approx(scores.advantages().tolist(), rel=1e-3)
+    # Without the fallback, degenerate groups carry no signal.
+    plain = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3", "mc_fallback=false", name="plain")
+    adv = plain.score_replies([state] * 3, groups[:3]).advantages().tolist()
+    assert adv[:6] == [0.0] * 6 and adv[7] > 0
+
+
+def test_mc_grpo_advantages_reach_the_loss_with_the_right_signs(tmp_path, tiny_backend, monkeypatch):
+    trainer = _trainer(
+        tmp_path,
+        tiny_backend(seed=2),
+        "tasks_per_iteration=2",
+        "mc_states=2",
+        "mc_group_size=6",
+        "minibatch_size=12",
+        "micro_batch_size=12",
+    )
+    seen = []
+    original = trainer._minibatch
+
+    def spy(batch, rows, advantages, old_logp):
+        seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
+        return original(batch, rows, advantages, old_logp)
+
+    monkeypatch.setattr(trainer, "_minibatch", spy)
+    stats = trainer.update(trainer.collect(0))
+    assert stats["mc_states"] == 2 and stats["mc_replies"] == 12 and stats["optimizer_steps"] == 1, stats
+    assert len(seen) == 12
+    # Blue pays: its replies get positive advantages, all others negative, whether by the group z-score or, in a
+    # group without blue (or only blue), by the fallback over every arm.
+    assert all((adv > 0) == (text == "blue") for text, adv in seen), seen
+    assert {adv > 0 for _, adv in seen} == {True, False}
+    assert 0 <= stats["mc_fallback_frac"] <= 1 and stats["mc_critic_s"] >= 0
+    assert stats["mc_q_mean"] == pytest.approx(sum(text == "blue" for text, _ in seen) / 12)
+    sample = json.loads((tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()[0])
+    assert "q_mc" in sample["turns"][0]["info"]
+
+
+def test_every_trainable_parameter_changes_after_one_mc_grpo_update(tmp_path, tiny_backend):
+    backend = tiny_backend(seed=3)
+    before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
+    trainer = _trainer(
+        tmp_path,
+        backend,
+        "tasks_per_iteration=2",
+        "mc_states=2",
+        "mc_group_size=4",
+        "minibatch_size=8",
+        "micro_batch_size=8",
+        "lr=1e-2",
+    )
+    stats = trainer.update(trainer.collect(0))
+    assert stats["optimizer_steps"] >= 1, stats
+    assert not [n for n, p in backend.model.named_parameters() if torch.equal(before[n], p.detach())]
+
+
+def test_mc_grpo_learns_the_bandit_within_bounded_iterations(tmp_path, tiny_backend):
+    # One arm of four pays 1; Q_MC is exact. The optimum is success 1.0, a uniform policy gets 0.25.
+    trainer = _trainer(
+        tmp_path,
+        tiny_backend(seed=4),
+        "tasks_per_iteration=2",
+        "mc_states=2",
+        "mc_group_size=4",
+        "minibatch_size=8",
+        "micro_batch_size=8",
+        "lr=5e-2",
+    )
+    q_means = []
+    for it in range(10):
+        trainer.iteration = it
+        q_means.append(trainer.update(trainer.collect(it))["mc_q_mean"])  # the share of sampled replies that pay
+        if q_means[-1] >= 0.9:
+            break
+    assert q_means[-1] >= 0.9 and q_means[0] < 0.9, q_means
+    assert trainer.evaluate("test", "final")["eval/test/success_rate"] >= 0.9
+
+
+def test_resume_continues_exactly(tmp_path, tiny_backend):
+    common = [
+        "iterations=2",
+        "tasks_per_iteration=1",
+        "mc_states=1",
+        "mc_group_size=4",
+        "minibatch_size=4",
+        "lr=1e-2",
+        "checkpoint_every=1",
+        "eval_tasks=1",
+    ]
+    straight = _trainer(tmp_path / "a", tiny_backend(seed=5), *common)
+    straight.fit()
+    first = _trainer(tmp_path / "b", tiny_backend(seed=5), *common, "iterations=1")
+    first.fit()
+    resumed = _trainer(tmp_path / "b", tiny_backend(seed=5), *common)
+    resumed.fit(resume=True)
+    for (name, p), (_, q) in zip(straight.backend.model.named_parameters(), resumed.backend.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    a = [r for r in straight.run.metrics() if "loss" in r]
+    b = [r for r in resumed.run.metrics() if "loss" in r]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b]) and len(a) == 2
+    assert [r["rl_iteration"] for r in b] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------- GLAD
+def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, monkeypatch):
+    glad = [
+        "stages=glad",
+        "policy.think=true",
+        "glad_tasks=2",
+        "glad_epochs=2",
+        "glad_lr=1e-2",
+        "glad_minibatch_size=4",
+        "env.max_turns=10",
+    ]
+    trainer = _trainer(tmp_path, tiny_backend(seed=6), *glad, base=SOKOBAN)
+    assert trainer.total_steps() == 2
+    first = trainer.train_step(0)
+    lines = (tmp_path / "proact" / "glad.jsonl").read_text().splitlines()
+    assert first["glad_tasks_written"] == len(lines) == first["glad_demonstrations"] == 2, first
+    assert json.loads(lines[0])["turns"][0]["action"].startswith("<think>Player (")
+    # One sequence per turn: the play-time prompt (history_turns=0: the current observation only), then the
+    # chain-and-answer reply in the loss.
+    batch = trainer._glad_batch
+    assert first["glad_sequences"] == first["glad_turns"] == batch.input_ids.shape[0] > 2
+    tok = trainer.backend.tokenizer
+    for row in range(batch.input_ids.shape[0]):
+        n = int(batch.attention_mask[row].sum())
+        mask = batch.loss_mask[row, : n - 1]
+        start = int(mask.nonzero()[0]) + 1
+        reply = tok.decode(batch.input_ids[row, start:n])
+        assert reply.startswith("<think>Player (") and reply.endswith("</answer>"), reply
+        assert int(mask.sum()) == n - start  # everything after the prompt is the reply
+        assert tok.decode(batch.input_ids[row, :start]).count("<|im_start|>user") == 1
+    trainer.checkpoint(1)  # mid-GLAD: the GLAD optimizer is saved too
+    second = trainer.train_step(1)
+    assert second["loss"] < first["loss"], (first["loss"], second["loss"])
+    # Resuming reuses the file instead of searching again, and the GLAD optimizer's state.
+    monkeypatch.setattr("trainers.proact.build_dataset", lambda *a, **k: pytest.fail("GLAD data rebuilt"))
+    again = _trainer(tmp_path, tiny_backend(seed=6), *glad, base=SOKOBAN)
+    assert again.restore() == 1 and again._glad_optimizer_state is not None
+    assert again.glad_dataset() == (tmp_path / "proact" / "glad.jsonl", {"glad_reused": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------------- MC-PPO
+def test_mc_ppo_update_trains_policy_and_value_head_on_blended_targets(tmp_path, tiny_backend):
+    backend = tiny_backend(seed=7)
+    before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
+    trainer = _trainer(
+        tmp_path,
+        backend,
+        "stages=mc_ppo",
+        "tasks_per_iteration=2",
+        "minibatch_size=8",
+        "micro_batch_size=4",
+        "lr=1e-2",
+        "value_lr=1e-2",
+        base=SOKOBAN,
+    )
+    head = [p.detach().clone() for p in trainer.value_head.parameters()]
+    episodes = trainer.collect(0)
+    # Prompts are rebuilt token-exactly: the first turn's prompt is the recorded sequence up to its reply.
+    policy = trainer.play_policy()
+    first = episodes[0]
+    start = next(s[1] for s in first.segments if s[0] == "assistant")
+    assert play_time_prompt(first, 0, policy) == first.token_ids[:start]
+    stats = trainer.update(episodes)
+    assert stats["turns"] == sum(len(t.turns) for t in episodes) and stats["optimizer_steps"] >= 1, stats
+    assert stats["value_loss"] > 0 and stats["mc_critic_s"] >= 0 and "mc_value_mean" in stats
+    assert not any(torch.equal(a, b) for a, b in zip(head, trainer.value_head.parameters()))
+    assert not [n for n, p in backend.model.named_parameters() if torch.equal(before[n], p.detach())]
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+def test_cli_runs_glad_then_mc_grpo_on_2048(tmp_path, tiny_backend):
+    from agentgym.cli import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_backend(seed=8).save(model_dir)
+    out = tmp_path / "run"
+    sets = [
+        f"policy.model={model_dir}",
+        "policy.think=true",
+        "policy.max_new_tokens=12",
+        "policy.history_turns=0",
+        "env.max_turns=2",
+        "glad_tasks=1",
+        "glad_epochs=1",
+        "iterations=1",
+        "tasks_per_iteration=1",
+        "mc_states=1",
+        "mc_group_size=2",
+        "mc_rollouts=4",
+        "mc_horizon=5",
+        "eval_tasks=1",
+        "num_envs=2",
+    ]
+    rc = main(["train", "--env", "game2048", "--trainer", "proact", "--out", str(out), *[f"--set={s}" for s in sets]])
+    assert rc == 0
+    records = RunDir(out, tensorboard=False).metrics()
+    assert any("glad_sequences" in r for r in records) and any("mc_q_mean" in r for r in records)
+    assert (out / "glad.jsonl").is_file() and (out / "checkpoints" / "step-000002" / "value_head.pt").is_file()

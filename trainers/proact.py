@@ -1,0 +1,857 @@
+"""ProAct: GLAD lookahead distillation, then RL with the Monte-Carlo critic (Yu et al., arXiv 2602.05327; spec 4).
+
+``stages`` picks what one run does, in order, each stage a number of the run's steps:
+
+1. **GLAD** (spec 4.2; ``glad_epochs`` steps). ``agentgym.glad`` plays ``glad_tasks`` training tasks with the env's
+   oracle, compresses each step's search into a short causal chain and writes the turns as
+   ``<think>CHAIN</think><answer>ACTION</answer>`` replies to ``RUN/glad.jsonl`` (reused on resume). The SFT
+   trainer's machinery replays the file through the policy's own prompt code (``SFTTrainer.demonstrations``: the
+   reply tokens are those the policy would emit), ``token_batch`` lays them out as the SFT trainer does (one row
+   per turn with the prompt the policy sees when history is truncated, as by default here), and each step is one
+   ``SFTTrainer.epoch`` over them (token cross-entropy, its own AdamW at ``glad_lr``).
+2. **MC-GRPO** (spec 4.5; ``iterations`` steps). Play ``tasks_per_iteration`` training tasks with the current
+   policy (the shared rollout engine), pick ``mc_states`` of the visited turn states, reach each again by
+   replaying the recorded replies from the task's seed (the engine records no states) and sample ``mc_group_size``
+   replies there from the policy. Reply ``i`` is scored by ``Q_MC(s, a_i)`` (``agentgym.mc_critic``; a reply the env
+   cannot parse gets the invalid action's value) and its advantage is the group z-score of those values, or, for a
+   degenerate group (every reply the same action, or every value the same), the z-score of ``Q(s, a_i)`` against
+   all of the state's actions (``ops.mc_grpo_advantages`` with ``MCCritic.q_table``; ProAct's
+   ``use_abs_adv_only_for_group_with_same_reward``). The update is the shared clipped policy loss of
+   ``PolicyGradientTrainer.update`` on one-turn sequences.
+3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
+   turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
+   with ``V_MC`` the MC-Critic value of the turn's state; one-step TD advantages (lambda 0) and return targets from
+   ``ops.mc_td_advantages``, whitened over the batch; PPO's clipped policy and value losses.
+
+Prompts. Every RL training sequence is one turn: exactly the prompt the policy generated that turn from (rebuilt
+from the recorded tokens by the policy's own ``Conversation.prompt_ids``, so history and context budget are the
+policy's) followed by the reply; MC-GRPO samples its G replies from that same prompt. ProAct's default policy
+section sets ``history_turns=0``, so a prompt is the system prompt and the current observation: the "state
+prompt" of the paper (Sokoban and 2048 observations are the whole state), and one-turn sequences cost no more
+than whole episodes. GLAD's rows are built the same way, so supervised and RL training see the prompts the
+policy sees when it plays.
+
+The MC stages need ``get_state``/``set_state``/``state_key`` (checked before anything is trained); GLAD needs the
+env family's chain writer (``agentgym.glad``). The value head is built and checkpointed in every stage (it is
+small), so a run's checkpoints have one layout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from agentgym import ops
+from agentgym.config import ConfigError
+from agentgym.env import observation_text
+from agentgym.errors import AgentGymError
+from agentgym.glad import GladConfig, build_dataset, chain_writer
+from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
+from agentgym.registry import make
+from agentgym.runs import RunDir
+from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn, to_jsonable
+from policies.llm.base import Generation, SamplingParams
+from policies.llm.conversation import Conversation, Segment
+from policies.llm.prompts import guided_choices
+from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch, save_policy
+from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
+from trainers.sft import SFTConfig, SFTTrainer
+
+Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
+_STATE_METHODS = ("get_state", "set_state", "state_key")
+
+
+@dataclass(frozen=True)
+class ProActConfig(PPOConfig):
+    """ProAct's settings (spec 4), sized so that the CPU default finishes in about 10 minutes on 2 cores."""
+
+    stages: Stages = "glad+mc_grpo"
+    """What the run does, in order: 'glad' (SFT on search chains), 'mc_grpo' or 'mc_ppo' (RL with the MC-Critic),
+    or GLAD then one of them ('glad+mc_grpo', 'glad+mc_ppo')."""
+    policy: PolicySection = field(default_factory=lambda: PolicySection(think=True, max_new_tokens=96, history_turns=0))
+    """The policy: <think> chains then the answer (GLAD's reply format; chains take 35-80 SmolLM2 tokens, hence
+    96 new tokens), prompted with the current state only (history_turns=0, ProAct's state prompt)."""
+    # ------------------------------------------------------------------ RL loop (shared by MC-GRPO and MC-PPO)
+    iterations: int = 20
+    """RL iterations (MC-GRPO or MC-PPO) after the GLAD epochs (time_budget_minutes usually ends a CPU run first)."""
+    tasks_per_iteration: int = 2
+    """Training tasks played per RL iteration (MC-GRPO picks its states among the turns of these episodes)."""
+    group_size: int = 1
+    """Episodes per task (MC-GRPO groups replies per state, so 1 suffices; MC-PPO needs no groups)."""
+    minibatch_size: int = 8
+    """One-turn sequences per optimizer step."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward (gradient accumulation)."""
+    epochs: int = 1
+    """Passes over each iteration's sequences."""
+    lr: float = 2e-5
+    """AdamW learning rate of the RL stages (ProAct: 1e-6 for a 4B model; full fine-tuning of a 135M one here)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon (ProAct: 0.4 with AReaL's decoupled loss; 0.2 for this on-policy loss)."""
+    agg: Aggregation = "token-mean"
+    """Every reply token of the minibatch weighs equally."""
+    kl_coef: float = 0.0
+    """No KL penalty and no reference copy (ProAct: kl_ctl 0)."""
+    gamma: float = 0.95
+    """MC-PPO's turn discount in the TD advantages (ProAct: 0.95 Sokoban, 0.9 2048)."""
+    lam: float = 0.0
+    """MC-PPO's GAE lambda: 0 (one-step TD on the blended critic, spec 4.4); other values are refused."""
+    value_clip: float | None = 0.5
+    """eps_v of the clipped value loss (ProAct: 0.5)."""
+    num_envs: int = 8
+    """Episodes run concurrently in collection and evaluation."""
+    eval_every: int = 0
+    """Evaluate on held-out tasks every N steps (0: before and after only; chains make evaluations slow on a CPU)."""
+    eval_tasks: int = 4
+    """Held-out tasks per evaluation (dev before/after, and test)."""
+    eval_temperature: float = 0.0
+    """Greedy evaluations: a distilled policy is judged by its best guess."""
+    checkpoint_every: int = 2
+    """Checkpoint every N steps (GLAD epochs and RL iterations alike), and always at the end."""
+    time_budget_minutes: float | None = 5.0
+    """Start no new step after this many minutes (the evaluation before training included); the final
+    evaluation still runs, so the CPU default ends in about 10 minutes, mostly evaluations and GLAD: RL iterations
+    with 96-token chains need a GPU or a larger budget."""
+    # ------------------------------------------------------------------ GLAD
+    glad_tasks: int = 8
+    """Training tasks the oracle plays for the GLAD dataset (ProAct: ~8K samples for Sokoban)."""
+    glad_max_turns: int | None = None
+    """Turns per GLAD episode (None: env.max_turns, the budget the policy plays with)."""
+    glad_search_seconds: float = 10.0
+    """Seconds one step's search may take; a task whose step needs more is skipped."""
+    glad_search_nodes: int = 1_000_000
+    """States one search may expand (the Sokoban solver)."""
+    glad_epochs: int = 2
+    """SFT epochs over the GLAD sequences, one run step each (ProAct: 10)."""
+    glad_lr: float = 1e-4
+    """AdamW learning rate of the GLAD SFT (its own optimizer; ProAct: 5e-5 for a 4B model)."""
+    glad_minibatch_size: int = 4
+    """GLAD sequences per optimizer step."""
+    # ------------------------------------------------------------------ MC-Critic
+    mc_rollouts: int = 1000
+    """M: rollouts averaged per MC estimate (ProAct's 1000; 16 tiny-Sokoban estimates take ~0.8 s on a CPU core)."""
+    mc_horizon: int = 20
+    """H: steps per MC rollout (ProAct: 200 for Sokoban Q, 20 for Sokoban V, 1000 for 2048)."""
+    mc_gamma: float = 0.95
+    """Discount inside the MC rollouts (ProAct: 0.95 Sokoban, 0.9 2048)."""
+    mc_rollout_policy: Literal["random", "oracle"] = "random"
+    """Rollout policy of the MC-Critic: uniform random (ProAct's surrogate) or the env's oracle."""
+    mc_workers: int = 0
+    """Worker processes for the MC rollouts (0: in this process)."""
+    # ------------------------------------------------------------------ MC-GRPO
+    mc_states: int = 4
+    """States picked per iteration among the turns played (uniformly, without replacement)."""
+    mc_group_size: int = 4
+    """G: replies sampled per state (ProAct: 8)."""
+    mc_fallback: bool = True
+    """Score degenerate groups (one action, or one value) against all actions of the state (needs a Discrete action
+    space); false: they get advantage 0."""
+    # ------------------------------------------------------------------ MC-PPO
+    mc_value_weight: float = 1.0
+    """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
+
+    def __post_init__(self) -> None:
+        history = self.policy.history_turns
+        if history is not None and (isinstance(history, bool) or history < 0):
+            raise ConfigError(
+                f"policy.history_turns={history!r} must be >= 0 (0: the current observation only) or "
+                "null (every turn that fits the context)."
+            )
+        if history is None:
+            super().__post_init__()
+        else:
+            # PPOConfig refuses truncated history because PPOTrainer scores whole episodes; ProAct trains one-turn
+            # sequences with each reply's exact prompt, so every base-class check runs on a copy without it.
+            replace(self, policy=replace(self.policy, history_turns=None))
+
+        def need_int(name: str, low: int, example: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r} is invalid: it must be an int >= {low}, e.g. {name}={example}.")
+
+        need_int("mc_rollouts", 1, "32 (M, the rollouts per Monte-Carlo estimate)")
+        need_int("mc_horizon", 0, "20 (H, steps per rollout)")
+        need_int("mc_workers", 0, "0 (rollouts in this process)")
+        need_int("mc_states", 1, "4")
+        need_int("mc_group_size", 1, "4 (G, replies per state)")
+        need_int("glad_tasks", 1, "8")
+        need_int("glad_epochs", 1, "2")
+        need_int("glad_minibatch_size", 1, "4")
+        need_int("glad_search_nodes", 1, "1000000")
+        if self.glad_max_turns is not None:
+            need_int("glad_max_turns", 1, "10, or null for env.max_turns")
+        for name in ("mc_gamma", "mc_value_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}={value!r} must lie in [0, 1], e.g. {name}=0.95.")
+        for name in ("glad_lr", "glad_search_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0.")
+        if self.rl_stage == "mc_ppo" and self.lam != 0:
+            raise ConfigError(
+                f"lam={self.lam}: MC-PPO uses one-step TD advantages on the blended critic (lambda 0, "
+                "spec 4.4); set lam=0."
+            )
+        if self.mc_group_size == 1 and not self.mc_fallback and self.rl_stage == "mc_grpo":
+            raise ConfigError(
+                "mc_group_size=1 with mc_fallback=false gives every reply advantage 0; sample more "
+                "replies per state (mc_group_size>=2) or set mc_fallback=true."
+            )
+        if self.uses_glad and not self.policy.think:
+            raise ConfigError(
+                f"stages={self.stages!r} with policy.think=false: GLAD teaches "
+                "<think>CHAIN</think><answer>ACTION</answer> replies, so the policy must be prompted for "
+                "them; set policy.think=true (and policy.max_new_tokens near 96), or stages=mc_grpo."
+            )
+
+    @property
+    def uses_glad(self) -> bool:
+        """Whether the run starts with the GLAD stage."""
+        return self.stages.startswith("glad")
+
+    @property
+    def rl_stage(self) -> str | None:
+        """'mc_grpo', 'mc_ppo' or None (GLAD only)."""
+        return self.stages.rpartition("+")[2] if self.stages != "glad" else None
+
+    @property
+    def mc_critic_config(self) -> MCCriticConfig:
+        """The MC-Critic's settings."""
+        return MCCriticConfig(
+            rollouts=self.mc_rollouts,
+            horizon=self.mc_horizon,
+            gamma=self.mc_gamma,
+            rollout_policy=self.mc_rollout_policy,
+            workers=self.mc_workers,
+            seed=self.seed,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- one-turn rows
+def reply_span(trajectory: Trajectory, turn: int) -> tuple[int, int] | None:
+    """``(start, end)`` of the reply of ``turn`` in the trajectory's token sequence (None: no reply that turn)."""
+    for role, start, end, seg_turn in trajectory.segments or ():
+        if role == "assistant" and int(seg_turn) == turn:
+            return int(start), int(end)
+    return None
+
+
+def play_time_prompt(trajectory: Trajectory, turn: int, policy: Any) -> list[int] | None:
+    """The prompt ids the LLM policy generated ``turn``'s reply from (None when that turn has no reply).
+
+    The recorded segments before the reply are put back into a ``Conversation`` with the policy's context budget,
+    and ``prompt_ids`` is asked exactly as ``LLMPolicy.act`` asks it, so dropped history turns are dropped again.
+    """
+    span = reply_span(trajectory, turn)
+    if span is None or not trajectory.token_ids:
+        return None
+    ids = trajectory.token_ids
+    conv = Conversation(policy.backend.tokenizer, "", policy.budget)  # its rendered system segment is replaced
+    before = [s for s in trajectory.segments or () if s[2] <= span[0]]
+    conv.segments = [Segment(str(role), list(ids[a:b]), int(t)) for role, a, b, t in before]
+    return conv.prompt_ids(reserve=policy.config.max_new_tokens, max_turns=policy.config.history_turns)
+
+
+def one_turn_row(
+    source: Trajectory,
+    turn: int,
+    prompt: Sequence[int],
+    reply: Sequence[int],
+    logprobs: Sequence[float],
+    *,
+    text: str,
+    reward: float,
+    key: Any,
+    constrained: bool,
+    valid: bool = True,
+    info: dict[str, Any] | None = None,
+) -> Trajectory:
+    """A one-turn trajectory: prompt tokens (masked out) then reply tokens (in the loss), for ``make_batch``.
+
+    ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``.
+    """
+    n, r = len(prompt), len(reply)
+    observation = source.turns[turn].observation if turn < len(source.turns) else None
+    return Trajectory(
+        env_id=source.env_id,
+        task=to_jsonable(key),
+        seed=source.seed,
+        group=source.group,
+        split=source.split,
+        difficulty=source.difficulty,
+        task_name=source.task_name,
+        policy=source.policy,
+        turns=[
+            Turn(
+                observation,
+                text,
+                float(reward),
+                bool(valid),
+                to_jsonable(info or {}),
+                prompt_tokens=n,
+                response_tokens=r,
+            )
+        ],
+        episode_return=float(reward),
+        token_ids=[*prompt, *reply],
+        loss_mask=[0] * n + [1] * r,
+        logprobs=[0.0] * n + [float(x) for x in logprobs],
+        segments=[["user", 0, n, 0], ["assistant", n, n + r, 0]],
+        constrained=constrained,
+    )
+
+
+def replay_states(env: Any, trajectory: Trajectory) -> list[Any]:
+    """``get_state()`` before each recorded turn and after the last (``K + 1`` states), by replaying the replies.
+
+    Raises:
+        AgentGymError: a replayed observation differs from the recorded one (the env is not reproducible from its
+            task and seed, so the states would be wrong).
+    """
+    base = env.unwrapped
+    obs, _ = env.reset(seed=trajectory.seed, options={"task": trajectory.task})
+    states = [base.get_state()]
+    for number, turn in enumerate(trajectory.turns):
+        if turn.observation is not None and observation_text(env, obs) != turn.observation:
+            raise AgentGymError(
+                f"Replaying task {trajectory.task!r} (seed {trajectory.seed}) diverged at turn {number}: the env "
+                "does not reproduce its episodes from (task, seed), so the MC-Critic cannot find the visited states. "
+                "Make reset(seed=...) and step() deterministic (randomness from self.np_random only)."
+            )
+        obs, *_ = env.step(turn.action)
+        states.append(base.get_state())
+    return states
+
+
+@dataclass
+class GroupScores:
+    """Monte-Carlo values of sampled replies, grouped per state (row-major: group 0's replies first).
+
+    Attributes:
+        q: ``[N]`` ``Q_MC(s, a_i)`` of each reply's action (the invalid action's value for unparseable text).
+        actions: ``[N]`` canonical action ids (-1: invalid); in a degenerate group all rows carry the same id.
+        group: ``[N]`` the state (group) of each reply.
+        table: ``[N, A]`` ``Q(s, a)`` of every action at the reply's state where the fallback scores the group (other
+            rows are unused zeros; one column of ``q`` when the fallback is off).
+        degenerate: ``[groups]`` whether each group had one action or one value.
+        invalid: ``[N]`` whether the env could not use the reply.
+        seconds: wall-clock seconds of the MC-Critic.
+    """
+
+    q: np.ndarray
+    actions: np.ndarray
+    group: np.ndarray
+    table: np.ndarray
+    degenerate: np.ndarray
+    invalid: np.ndarray
+    seconds: float
+
+    def advantages(self, q: torch.Tensor | None = None) -> torch.Tensor:
+        """MC-GRPO advantages (``ops.mc_grpo_advantages``) of ``q`` (default: the MC values) in these groups."""
+        values = torch.as_tensor(self.q, dtype=torch.float64) if q is None else q
+        return ops.mc_grpo_advantages(
+            values,
+            torch.as_tensor(self.group, dtype=torch.long),
+            torch.as_tensor(self.actions, dtype=torch.long),
+            torch.as_tensor(self.table, dtype=torch.float64),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class ProActTrainer(PPOTrainer):
+    """ProAct (see the module docstring): GLAD SFT, then MC-GRPO or MC-PPO; checkpoints and evaluation shared."""
+
+    Config: ClassVar[type] = ProActConfig
+    name: ClassVar[str] = "proact"
+
+    def __init__(self, config: ProActConfig, run: RunDir, *, backend: Any = None) -> None:
+        self._check_env(config)  # before the model is loaded: a wrong env fails in a second
+        super().__init__(config, run, backend=backend)
+        if is_neural(self.backend):
+            raise ConfigError(
+                "ProAct trains LLM policies (chains and one-turn token sequences); set policy.network=llm."
+            )
+        self._sft: SFTTrainer | None = None
+        self._glad_batch: TokenBatch | None = None
+        self._glad_optimizer_state: dict[str, Any] | None = None
+        self._critic: MCCritic | None = None
+        self._replay_env: Any = None
+        self._scores: GroupScores | None = None
+
+    # ------------------------------------------------------------------ checks and helpers
+    @staticmethod
+    def _check_env(cfg: ProActConfig) -> None:
+        """Fail early when the env lacks what the stages need (a chain writer, state copies, a Discrete space)."""
+        env = make(cfg.env.id, **cfg.env.kwargs)
+        base = env.unwrapped
+        try:
+            if cfg.uses_glad:
+                chain_writer(env)  # raises naming the module and function to write
+            if cfg.rl_stage is None:
+                return
+            missing = [name for name in _STATE_METHODS if not callable(getattr(base, name, None))]
+            if not missing:  # present, but an env may still raise NotImplementedError from them
+                env.reset(seed=cfg.seed)
+                try:
+                    state = base.get_state()
+                except NotImplementedError:
+                    missing.append("get_state")
+                else:
+                    try:
+                        base.set_state(state)
+                    except NotImplementedError:
+                        missing.append("set_state")
+                try:
+                    base.state_key()
+                except NotImplementedError:
+                    missing.append("state_key")
+            if missing:
+                raise AgentGymError(
+                    f"ProAct's {cfg.rl_stage} stage needs {type(base).__name__} ({cfg.env.id}) to copy its state for "
+                    f"the MC-Critic, but it does not implement {', '.join(missing)}. Implement get_state()/"
+                    "set_state()/state_key() (the agentgym env contract; by replay where the state cannot be copied "
+                    "cheaply), or train with --set stages=glad."
+                )
+            if cfg.rl_stage == "mc_grpo" and cfg.mc_fallback and not isinstance(base.action_space, spaces.Discrete):
+                raise ConfigError(
+                    f"mc_fallback=true scores degenerate groups against every action, which needs a Discrete action "
+                    f"space; {cfg.env.id} has {base.action_space}. Set mc_fallback=false."
+                )
+        finally:
+            env.close()
+
+    @property
+    def glad_steps(self) -> int:
+        """Steps of the GLAD stage (its SFT epochs; 0 without it)."""
+        return self.cfg.glad_epochs if self.cfg.uses_glad else 0
+
+    def total_steps(self) -> int:
+        """GLAD epochs, then RL iterations."""
+        return self.glad_steps + (self.cfg.iterations if self.cfg.rl_stage else 0)
+
+    def prepare(self) -> None:
+        """Nothing up front: the GLAD data is built (or found in the run directory) by the first GLAD step."""
+
+    @property
+    def critic(self) -> MCCritic:
+        """The MC-Critic over scratch copies of the training env (struct observations: no text rendering)."""
+        if self._critic is None:
+            kwargs = {**self.cfg.env.kwargs, "obs_mode": "struct"}
+            self._critic = MCCritic(EnvFactory(self.cfg.env.id, kwargs), self.cfg.mc_critic_config)
+        return self._critic
+
+    def replay_env(self) -> Any:
+        """The env that replays recorded episodes (same settings as the training envs)."""
+        if self._replay_env is None:
+            self._replay_env = self.make_env()
+        return self._replay_env
+
+    def play_policy(self) -> Any:
+        """The LLM policy as it plays (prompts, sampling, guided decoding) over the current weights."""
+        return build_policy(self.backend, self.cfg.policy)
+
+    def close(self) -> None:
+        """Stop the MC-Critic's workers and close scratch envs (rebuilt on demand)."""
+        if self._critic is not None:
+            self._critic.close()
+            self._critic = None
+        if self._replay_env is not None:
+            self._replay_env.close()
+            self._replay_env = None
+
+    def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
+        """The shared loop (``PolicyGradientTrainer.fit``) over ``total_steps()`` steps; scratch envs closed after."""
+        try:
+            return super().fit(resume=resume, on_iteration=on_iteration)
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, iteration: int) -> dict[str, float]:
+        """A GLAD epoch while ``iteration < glad_steps``, then one RL iteration (collect, update, samples)."""
+        if iteration < self.glad_steps:
+            return self.glad_step(iteration)
+        rl_iteration = iteration - self.glad_steps
+        self.iteration = rl_iteration  # task draws, sampling seeds and critic_warmup count RL iterations
+        metrics = super().train_step(rl_iteration)
+        metrics["rl_iteration"] = float(rl_iteration + 1)
+        return metrics
+
+    def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """The RL stage's update on episodes the current policy played."""
+        if self.cfg.rl_stage == "mc_grpo":
+            return self.mc_grpo_update(trajectories)
+        if self.cfg.rl_stage == "mc_ppo":
+            return self.mc_ppo_update(trajectories)
+        raise AgentGymError(f"stages={self.cfg.stages!r} has no RL stage to update; use stages=glad+mc_grpo.")
+
+    # ------------------------------------------------------------------ GLAD
+    def glad_dataset(self) -> tuple[Path, dict[str, float]]:
+        """``RUN/glad.jsonl``: built from the training split, or the one a previous run of this directory wrote."""
+        cfg = self.cfg
+        path = self.run.path / "glad.jsonl"
+        if path.is_file() and path.stat().st_size > 0:
+            return path, {"glad_reused": 1.0}
+        partial = path.with_name("glad.jsonl.partial")
+        glad = GladConfig(
+            tasks=cfg.glad_tasks,
+            split="train",
+            seed=cfg.seed,
+            max_turns=cfg.glad_max_turns or cfg.env.max_turns,
+            search_seconds=cfg.glad_search_seconds,
+            search_nodes=cfg.glad_search_nodes,
+        )
+        report = build_dataset(cfg.env.id, partial, glad, env_kwargs=cfg.env.kwargs)
+        if report.written == 0:
+            raise AgentGymError(
+                f"GLAD wrote no tasks of {report.requested}: {report.timed_out} search timeouts, {report.dead_ends} "
+                "dead ends. Raise glad_search_seconds / glad_search_nodes, or use an easier env preset."
+            )
+        os.replace(partial, path)  # only a complete file is ever reused
+        words = report.chain_words or [0]
+        return path, {
+            "glad_tasks_written": float(report.written),
+            "glad_tasks_skipped": float(report.timed_out + report.dead_ends),
+            "glad_turns": float(report.turns),
+            "glad_chain_words_mean": float(np.mean(words)),
+            "glad_build_s": report.seconds,
+        }
+
+    def glad_trainer(self, data_file: Path) -> SFTTrainer:
+        """The SFT trainer that fits the GLAD data: this trainer's model, its own AdamW at ``glad_lr``."""
+        if self._sft is None:
+            cfg = self.cfg
+            sft = SFTConfig(
+                env=cfg.env,
+                policy=cfg.policy,
+                data_file=str(data_file),
+                only_successful=False,
+                epochs=cfg.glad_epochs,
+                lr=cfg.glad_lr,
+                weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm,
+                minibatch_size=cfg.glad_minibatch_size,
+                micro_batch_size=min(cfg.micro_batch_size, cfg.glad_minibatch_size),
+                num_envs=cfg.num_envs,
+                eval_tasks=cfg.eval_tasks,
+                seed=cfg.seed,
+                time_budget_minutes=None,
+            )
+            rng = torch.get_rng_state()  # the SFT trainer seeds torch on construction; keep this run's stream
+            self._sft = SFTTrainer(sft, self.run, backend=self.backend)
+            torch.set_rng_state(rng)
+            if self._glad_optimizer_state is not None:
+                self._sft.optimizer.load_state_dict(self._glad_optimizer_state)
+                self._glad_optimizer_state = None
+        return self._sft
+
+    def glad_step(self, epoch: int) -> dict[str, float]:
+        """One SFT epoch on the GLAD sequences (the data is built or loaded first)."""
+        started = time.perf_counter()
+        metrics: dict[str, float] = {}
+        path, built = self.glad_dataset()
+        sft = self.glad_trainer(path)
+        if self._glad_batch is None:
+            metrics.update(built)
+            demos = sft.demonstrations()
+            self.write_samples(epoch, demos)
+            # As the SFT trainer: with truncated history each turn is its own row, with the prompt the policy sees.
+            self._glad_batch = make_batch(self.backend, demos, history_turns=self.cfg.policy.history_turns)
+            metrics.update(
+                glad_demonstrations=float(len(demos)), glad_sequences=float(self._glad_batch.input_ids.shape[0])
+            )
+        metrics.update(sft.epoch(self._glad_batch, epoch))
+        metrics.update(
+            glad_epoch=float(epoch + 1),
+            train_tokens=float(self._glad_batch.loss_mask.sum()),
+            iteration_s=time.perf_counter() - started,
+        )
+        if epoch + 1 >= self.glad_steps:  # the stage is over: free its optimizer state and sequences
+            self._sft, self._glad_batch = None, None
+        return metrics
+
+    # ------------------------------------------------------------------ MC-GRPO
+    def sample_replies(self, prompts: Sequence[list[int]], policy: Any, seed: int) -> list[list[Generation]]:
+        """``mc_group_size`` replies per prompt, sampled as the policy samples at play time, in one batched call."""
+        group = self.cfg.mc_group_size
+        conf = policy.config
+        guided = guided_choices(self.replay_env(), policy.style) if conf.guided else None
+        params = SamplingParams(
+            max_new_tokens=conf.max_new_tokens,
+            temperature=conf.temperature,
+            top_p=conf.top_p,
+            seed=seed,
+            **(guided or {}),
+        )
+        self.backend.model.eval()
+        with torch.no_grad():
+            generations = self.backend.generate([p for p in prompts for _ in range(group)], params)
+        return [generations[k * group : (k + 1) * group] for k in range(len(prompts))]
+
+    def score_replies(self, states: Sequence[Any], replies: Sequence[Sequence[str]]) -> GroupScores:
+        """``Q_MC`` of each reply at its group's state, and what ``mc_grpo_advantages`` needs (see ``GroupScores``).
+
+        Args:
+            states: one env snapshot (``get_state()``) per group.
+            replies: the reply texts sampled at each state.
+        """
+        started = time.perf_counter()
+        base = self.replay_env().unwrapped
+        flat_states = [s for s, texts in zip(states, replies) for _ in texts]
+        texts = [t for group in replies for t in group]
+        group = np.array([k for k, g in enumerate(replies) for _ in g], dtype=np.int64)
+        q = self.critic.q_values(flat_states, texts)
+        ids: dict[Any, int] = {}
+        actions = np.empty(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            parsed = _canonical(base, text)
+            actions[i] = -1 if parsed is None else ids.setdefault(parsed, len(ids))
+        invalid = actions == -1
+        degenerate = np.zeros(len(replies), dtype=bool)
+        for k in range(len(replies)):
+            rows = group == k
+            degenerate[k] = len(set(actions[rows].tolist())) == 1 or float(np.ptp(q[rows])) <= 1e-12
+            if degenerate[k]:  # one action or one value: the ops function's "same action" test must see it
+                actions[rows] = actions[rows][0]
+        if self.cfg.mc_fallback:
+            n = int(base.action_space.n)
+            table = np.zeros((len(texts), n))
+            for k in np.flatnonzero(degenerate):
+                table[group == k] = self.critic.q_table([states[k]])[0]
+        else:
+            table = q[:, None].copy()  # the fallback then scores Q - Q = 0
+        return GroupScores(q, actions, group, table, degenerate, invalid, time.perf_counter() - started)
+
+    def advantages(self, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        """MC-GRPO advantages of the rows ``mc_grpo_update`` passes to the shared update (their returns are Q_MC)."""
+        if self._scores is None:
+            raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
+        scores = self._scores
+        table = torch.as_tensor(scores.table, dtype=torch.float64) * self.cfg.reward_scale  # returns are scaled too
+        return ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table)
+
+    def mc_grpo_update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Pick states among the played turns, sample G replies at each, score them by Q_MC, update the policy."""
+        cfg = self.cfg
+        policy = self.play_policy()
+        candidates = [
+            (i, t)
+            for i, traj in enumerate(trajectories)
+            for t in range(len(traj.turns))
+            if reply_span(traj, t) is not None
+        ]
+        if not candidates:
+            return {"update_skipped_no_signal": 1.0}
+        rng = np.random.default_rng([cfg.seed, self.iteration, 2])
+        picked = sorted(rng.choice(len(candidates), size=min(cfg.mc_states, len(candidates)), replace=False).tolist())
+        picks = [candidates[k] for k in picked]
+        replayed: dict[int, list[Any]] = {}
+        for i, _ in picks:
+            if i not in replayed:
+                replayed[i] = replay_states(self.replay_env(), trajectories[i])
+        states = [replayed[i][t] for i, t in picks]
+        prompts = [play_time_prompt(trajectories[i], t, policy) for i, t in picks]
+        started = time.perf_counter()
+        generations = self.sample_replies(prompts, policy, int(rng.integers(2**31)))
+        generate_s = time.perf_counter() - started
+        before = dict(self.critic.stats)
+        scores = self.score_replies(states, [[g.text for g in group] for group in generations])
+        adv = scores.advantages()
+        rows = []
+        for k, ((i, t), group) in enumerate(zip(picks, generations)):
+            for j, gen in enumerate(group):
+                n = k * len(group) + j
+                info = {
+                    "q_mc": float(scores.q[n]),
+                    "advantage": float(adv[n]),
+                    "state_turn": t,
+                    "fallback": bool(scores.degenerate[k] and cfg.mc_fallback),
+                }
+                rows.append(
+                    one_turn_row(
+                        trajectories[i],
+                        t,
+                        prompts[k],
+                        gen.token_ids,
+                        gen.logprobs,
+                        text=gen.text,
+                        reward=float(scores.q[n]),
+                        key=[trajectories[i].task, t, k],
+                        constrained=gen.constrained,
+                        valid=not scores.invalid[n],
+                        info=info,
+                    )
+                )
+        self._scores = scores
+        try:
+            stats = super(PPOTrainer, self).update(rows)  # the shared clipped loss (PolicyGradientTrainer.update)
+        finally:
+            self._scores = None
+        degenerate = float(scores.degenerate.mean())
+        stats.update(
+            mc_q_mean=float(scores.q.mean()),
+            mc_q_std=float(scores.q.std()),
+            mc_degenerate_frac=degenerate,
+            mc_fallback_frac=degenerate if cfg.mc_fallback else 0.0,
+            mc_invalid_frac=float(scores.invalid.mean()),
+            mc_critic_s=scores.seconds,
+            mc_critic_estimates=float(self.critic.stats["estimates"] - before["estimates"]),
+            mc_generate_s=generate_s,
+            mc_states=float(len(picks)),
+            mc_replies=float(len(rows)),
+        )
+        self._write_rows(rows)
+        return stats
+
+    def _write_rows(self, rows: list[Trajectory], limit: int = 8) -> None:
+        """Keep a few scored replies per iteration (``samples/mc_grpo.jsonl``) for inspection."""
+        with TrajectoryWriter(self.run.path / "samples" / "mc_grpo.jsonl") as writer:
+            for row in rows[:limit]:
+                row.policy = f"{self.name}@{self.iteration}"
+                writer.write(row)
+
+    # ------------------------------------------------------------------ MC-PPO
+    def mc_ppo_update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Turn-level PPO with the blended critic: one-turn rows, V_MC of every turn's state, one-step TD."""
+        cfg = self.cfg
+        policy = self.play_policy()
+        episodes = [t for t in trajectories if t.token_ids and any(t.loss_mask or ())]
+        rows: list[Trajectory] = []
+        where: list[tuple[int, int]] = []
+        for b, traj in enumerate(episodes):
+            for t in range(len(traj.turns)):
+                prompt, span = play_time_prompt(traj, t, policy), reply_span(traj, t)
+                if prompt is None or span is None:
+                    continue
+                rows.append(
+                    one_turn_row(
+                        traj,
+                        t,
+                        prompt,
+                        traj.token_ids[span[0] : span[1]],
+                        (traj.logprobs or [])[span[0] : span[1]],
+                        text=str(traj.turns[t].action),
+                        reward=traj.turns[t].reward,
+                        key=[traj.task, t, b],
+                        constrained=traj.constrained,
+                    )
+                )
+                where.append((b, t))
+        if not rows:
+            return {"update_skipped_no_signal": 1.0}
+        batch = make_batch(self.backend, rows)
+        grid = turn_grid(rows)  # one turn per row: value at the row's last prompt token
+        old_logp, old_values = self._behaviour(batch, grid.positions)
+        lengths = [len(t.turns) for t in episodes]
+        width = max(lengths)
+        rewards = torch.zeros(len(episodes), width, dtype=torch.float64)
+        mask = torch.zeros(len(episodes), width)
+        dones = torch.zeros(len(episodes), width)
+        v_learned = torch.zeros(len(episodes), width + 1, dtype=torch.float64)
+        for b, traj in enumerate(episodes):
+            rewards[b, : lengths[b]] = torch.tensor([turn.reward for turn in traj.turns], dtype=torch.float64)
+            dones[b, lengths[b] - 1] = float(traj.terminated)
+        rewards *= cfg.reward_scale
+        b_idx = torch.tensor([b for b, _ in where])
+        t_idx = torch.tensor([t for _, t in where])
+        mask[b_idx, t_idx] = 1.0
+        v_learned[b_idx, t_idx] = old_values[:, 0].double()
+        stats: dict[str, float] = {}
+        if self.reference is not None and cfg.kl_placement == "reward":
+            kl = turn_sums(self._reference_kl(batch, old_logp), batch.turn_ids, batch.loss_mask, 1)[:, 0]
+            rewards[b_idx, t_idx] -= cfg.kl_coef * kl
+            stats["kl_in_reward"] = float(kl.mean())
+        started = time.perf_counter()
+        before = dict(self.critic.stats)
+        flat, owner = [], []
+        for b, traj in enumerate(episodes):
+            states = replay_states(self.replay_env(), traj)
+            flat += states
+            owner += [(b, k) for k in range(len(states))]
+        values = self.critic.values(flat) * cfg.reward_scale  # in the units of the scaled rewards
+        v_mc = torch.zeros(len(episodes), width + 1, dtype=torch.float64)
+        v_mc[torch.tensor([b for b, _ in owner]), torch.tensor([k for _, k in owner])] = torch.from_numpy(values)
+        mc_s = time.perf_counter() - started
+        blend = ops.blend_values(v_learned, v_mc, cfg.mc_value_weight)
+        for b, n in enumerate(lengths):
+            # After the last turn there is no prompt, so no learned value: bootstrap a truncated episode with V_MC
+            # (or 0 with a learned critic only, as PPO counts the state after the last turn).
+            blend[b, n] = v_mc[b, n] if cfg.mc_value_weight > 0 else 0.0
+        advantages, returns = ops.mc_td_advantages(
+            rewards, blend, dones, mask, gamma=cfg.gamma, normalize=cfg.whiten_advantages
+        )
+        row_adv = advantages[b_idx, t_idx][:, None].float()
+        row_ret = returns[b_idx, t_idx][:, None].float()
+        valid = mask > 0
+        stats.update(
+            returns_mean=float(returns[valid].mean()),
+            values_mean=float(old_values.mean()),
+            mc_value_mean=float(v_mc[:, :width][valid].mean()),
+            mc_critic_s=mc_s,
+            mc_critic_estimates=float(self.critic.stats["estimates"] - before["estimates"]),
+            critic_only=float(self.iteration < cfg.critic_warmup),
+            turns=float(len(rows)),
+        )
+        stats.update(
+            self.run_epochs(
+                len(rows),
+                lambda sel: self._ppo_minibatch(batch, sel, grid, old_logp, old_values, row_adv, row_ret),
+                ("loss", "value_loss", "value_clip_frac", "clip_frac"),
+            )
+        )
+        stats["train_tokens"] = float(batch.tokens)
+        return stats
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, iteration: int) -> None:
+        """Policy, optimizers, value head and progress; mid-GLAD also the GLAD optimizer (``glad_optimizer.pt``)."""
+        state = {
+            "iteration": iteration,
+            "trainer": self.name,
+            "python_random": random.getstate()[1][0],
+            "torch_rng": torch.get_rng_state().tolist(),
+        }
+        glad_optimizer = self._sft.optimizer if self._sft is not None and iteration < self.glad_steps else None
+
+        def write(directory: Path) -> None:
+            save_policy(self.backend, self.optimizer, directory)
+            torch.save(
+                {"value_head": self.value_head.state_dict(), "optimizer": self.value_optimizer.state_dict()},
+                directory / "value_head.pt",
+            )
+            if glad_optimizer is not None:
+                torch.save(glad_optimizer.state_dict(), directory / "glad_optimizer.pt")
+
+        self.run.save_checkpoint(iteration, write, state)
+
+    def restore(self) -> int:
+        """The latest checkpoint (PPO's: policy, optimizer, value head), and the GLAD optimizer when saved."""
+        self._sft, self._glad_batch = None, None  # they hold the backend that restoring replaces
+        done = super().restore()
+        path = self.run.latest_checkpoint()
+        if path is not None and (path / "glad_optimizer.pt").is_file():
+            self._glad_optimizer_state = torch.load(path / "glad_optimizer.pt", weights_only=False)
+        return done
+
+
+def _canonical(base: Any, text: str) -> Any | None:
+    """The action the env makes of ``text`` (hashable), or None when it cannot use it."""
+    coerce = getattr(base, "coerce_action", None)
+    if coerce is not None:
+        parsed, error = coerce(text)
+        if error is not None:
+            return None
+    else:
+        parsed = base.parse_action(text)
+        if parsed is None:
+            return None
+    return parsed.tobytes() if isinstance(parsed, np.ndarray) else parsed
