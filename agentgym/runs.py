@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from agentgym.config import load_config
 from agentgym.errors import AgentGymError
 
 
@@ -121,3 +122,19 @@ class RunDir:
         """Flush TensorBoard."""
         if self._tb is not None:
             self._tb.close()
+
+
+def load_run(run_dir: str | Path, config_cls: type) -> tuple[Any, Path]:
+    """A finished or running run's config (as ``config_cls``) and its latest complete checkpoint directory.
+
+    Raises:
+        AgentGymError: the run has no complete checkpoint yet.
+    """
+    run = RunDir(run_dir, tensorboard=False)
+    values = run.read_config()
+    values.pop("trainer", None)
+    cfg = load_config(config_cls, base=values)
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise AgentGymError(f"{run_dir} has no complete checkpoint yet; train longer or pass another run.")
+    return cfg, checkpoint

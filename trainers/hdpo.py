@@ -27,10 +27,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from agentgym.config import ConfigError, load_config, to_dict
+from agentgym.config import ConfigError, to_dict
 from agentgym.errors import AgentGymError
 from agentgym.registry import make
-from agentgym.runs import RunDir
+from agentgym.runs import RunDir, load_run
 from environments.supplychain.demand import Scenarios
 from environments.supplychain.oracle import just_in_time_cost, policy_costs, solve
 from environments.supplychain.simulator import InventorySimulator, torch_threads
@@ -343,13 +343,7 @@ class HDPOTrainer:
         ``temperature`` is accepted for CLI compatibility and ignored: HDPO policies are deterministic.
         """
         del temperature
-        run = RunDir(run_dir, tensorboard=False)
-        values = run.read_config()
-        values.pop("trainer", None)
-        cfg = load_config(cls.Config, base=values)
-        checkpoint = run.latest_checkpoint()
-        if checkpoint is None:
-            raise AgentGymError(f"{run_dir} has no complete checkpoint yet; train longer or pass another run.")
+        cfg, checkpoint = load_run(run_dir, cls.Config)
         env = make(cfg.env.id, **cfg.env.kwargs).unwrapped
         policy = cls.build_policy(cfg, NetworkSpec.from_simulator(InventorySimulator(env.setting)))
         policy.load_state_dict(torch.load(checkpoint / "best.pt"))

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from agentgym import ops
-from agentgym.config import ConfigError, load_config, to_dict
-from agentgym.errors import AgentGymError
+from agentgym.config import ConfigError, to_dict
 from agentgym.registry import make
 from agentgym.rollout import RolloutConfig, RolloutEngine
-from agentgym.runs import RunDir
+from agentgym.runs import RunDir, load_run
 from agentgym.trajectory import Trajectory, TrajectoryWriter
 from trainers.common import (
     Aggregation,
@@ -355,13 +354,7 @@ class PolicyGradientTrainer:
     @classmethod
     def policy_from_run(cls, run_dir: str | Path, *, temperature: float | None = None) -> Any:
         """The policy of a run directory's latest checkpoint, with the run's prompt and sampling settings."""
-        run = RunDir(run_dir, tensorboard=False)
-        values = run.read_config()
-        values.pop("trainer", None)
-        cfg = load_config(cls.Config, base=values)
-        checkpoint = run.latest_checkpoint()
-        if checkpoint is None:
-            raise AgentGymError(f"{run_dir} has no complete checkpoint yet; train longer or pass another run.")
+        cfg, checkpoint = load_run(run_dir, cls.Config)
         backend = load_checkpoint_backend(cfg.policy, checkpoint, cfg.env)
         return build_policy(
             backend,
