@@ -78,11 +78,14 @@ class TrainerConfig:
     """Settings every trainer has: what it plays and trains, optimisation, evaluation, checkpoints, budget."""
 
     env: EnvSection = field(
-        default_factory=lambda: EnvSection(kwargs={"preset": "tiny", "distance_reward": 0.5}, max_turns=10)
+        default_factory=lambda: EnvSection(
+            kwargs={"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2}, max_turns=10
+        )
     )
     """The env and episode budget. The default env starts from its easiest preset, with potential-based
-    box-to-target shaping (``distance_reward``: it leaves optimal policies and success unchanged, and gives
-    groups of failed episodes different returns, i.e. a learning signal); another --env starts from no kwargs."""
+    shaping toward boxes on targets (``distance_reward``) and the player toward a box (``approach_reward``): both
+    telescope, so they leave optimal policies and success unchanged, and they give groups of failed episodes
+    different returns, i.e. a learning signal; another --env starts from no kwargs."""
     policy: PolicySection = field(default_factory=PolicySection)
     """The policy being trained."""
     minibatch_size: int = 8

@@ -87,6 +87,10 @@ class SokobanEnv(AgentEnv[SokobanState]):
     Manhattan distance ``d`` to ``d'`` of its nearest target earns ``c * (d - d')``. The potential is the negated
     sum of those distances, so shaping telescopes over an episode and does not change which policies are optimal
     (Ng et al., 1999); it gives a trainer signal from partial progress. ``info["success"]`` is unaffected.
+    ``approach_reward=c`` (default 0) adds a second potential, ``-c`` times the Manhattan distance from the player to
+    the nearest box not on a target (0 once every box is placed): a move that brings the player one cell closer
+    earns ``c``, one away costs ``c``. It telescopes too, so it rewards ending an episode next to a box, which lets
+    groups of failed episodes that never pushed a box differ.
 
     ## Episode End
     Terminated when every box is on a target (``info["success"]``). Truncated after ``max_steps`` steps
@@ -108,6 +112,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
       target) raises ``UnsolvableError`` here; deeper unsolvability is found by ``optimal_plan()``.
     * ``reward_mode``: "gym" (default) or "success".
     * ``distance_reward``: coefficient of the box-to-target shaping above (default 0: off).
+    * ``approach_reward``: coefficient of the player-to-box shaping above (default 0: off).
     * ``max_steps``: episode limit (default: the preset's, 500 for level files).
     * ``text_style``: "xsb" (default) or "ragen".
     * ``oracle_time_limit``: seconds the oracle may search per plan (default 30).
@@ -123,9 +128,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
 
     def __init__(self, preset: str = "easy", *, dim_room: tuple[int, int] | None = None,
                  num_boxes: int | None = None, level_file: str | Path | None = None, reward_mode: str = "gym",
-                 distance_reward: float = 0.0, max_steps: int | None = None, text_style: str = "xsb",
-                 oracle_time_limit: float = 30.0, obs_mode: str = "dict", invalid_action_penalty: float = 0.0,
-                 render_mode: str | None = None) -> None:
+                 distance_reward: float = 0.0, approach_reward: float = 0.0, max_steps: int | None = None,
+                 text_style: str = "xsb", oracle_time_limit: float = 30.0, obs_mode: str = "dict",
+                 invalid_action_penalty: float = 0.0, render_mode: str | None = None) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode={reward_mode!r} is not one of {REWARD_MODES}.")
@@ -135,6 +140,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
         if not np.isfinite(distance_reward) or distance_reward < 0:
             raise ValueError(f"distance_reward={distance_reward!r} must be a finite coefficient >= 0 (0: no shaping).")
         self.distance_reward = float(distance_reward)
+        if not np.isfinite(approach_reward) or approach_reward < 0:
+            raise ValueError(f"approach_reward={approach_reward!r} must be a finite coefficient >= 0 (0: no shaping).")
+        self.approach_reward = float(approach_reward)
         self._target_dist: list[int] | None = None
         if level_file is not None:
             default_steps = self._init_file(level_file)
@@ -231,6 +239,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
             g[2 * n + b] = 1
         g[3 * n + player] = 1
         self._player = player
+        self._approach: int | None = None  # the player-to-box potential, computed on the first move that needs it
         self._num_boxes = len(level.targets)
         self._on_target = sum(g[n + b] for b in boxes)
 
@@ -244,6 +253,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
         # Hot path: pure-Python ints on the flat planes (wall | target | box | player), no numpy.
         self._steps += 1
         change, effective, shaping = 0, False, 0.0
+        if self.approach_reward and self._approach is None:
+            self._approach = self._approach_potential(self._player)  # before this move changes the board
         if action is not None:
             g, n, p = self._grid, self.size, self._player
             d = self._deltas[action]
@@ -267,6 +278,10 @@ class SokobanEnv(AgentEnv[SokobanState]):
                     self._player = q
                     self._moves += 1
         solved = self._on_target == self._num_boxes
+        if self.approach_reward and effective:
+            before = self._approach
+            self._approach = self._approach_potential(self._player)
+            shaping += self.approach_reward * (self._approach - before)
         if self.reward_mode == "gym":
             reward = -0.1 + change + (10.0 if solved else 0.0)
         else:
@@ -274,6 +289,19 @@ class SokobanEnv(AgentEnv[SokobanState]):
         reward += shaping
         truncated = not solved and self._steps >= self.max_steps
         return reward, solved, truncated, self._info(effective)
+
+    def _approach_potential(self, player: int) -> int:
+        """Minus the Manhattan distance from ``player`` to the nearest box off a target (0: every box placed)."""
+        g, n, w = self._grid, self.size, self.width
+        pr, pc = divmod(player, w)
+        best = 0
+        for cell in range(n):
+            if g[2 * n + cell] and not g[n + cell]:
+                r, c = divmod(cell, w)
+                d = abs(r - pr) + abs(c - pc)
+                if best == 0 or d < best:
+                    best = d
+        return -best
 
     def _target_distances(self) -> list[int]:
         """Manhattan distance from every cell to its nearest target (cached per level)."""

@@ -84,6 +84,34 @@ def test_distance_shaping_rewards_progress_and_telescopes(tmp_path):
         level_env(tmp_path, ONE_ROW, distance_reward=-1)
 
 
+def test_approach_shaping_telescopes_to_the_player_box_distance(tmp_path):
+    level = "##########\n#@  $ .--#\n##########\n"
+    plain, env = level_env(tmp_path, level), level_env(tmp_path, level, approach_reward=0.25)
+
+    def gap(e: SokobanEnv) -> int:  # one row: the player-to-box distance is the index gap (0 once placed)
+        base = e.unwrapped
+        return 0 if base._on_target else abs(base._player - base._grid[2 * base.size :].index(1))
+
+    assert env.step(RIGHT)[1] == pytest.approx(-0.1 + 0.25)  # player 3 -> 2 cells from the box
+    assert env.step(LEFT)[1] == pytest.approx(-0.1 - 0.25)
+    assert env.step(LEFT)[1] == pytest.approx(-0.1)  # into the wall: no move, no shaping
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random play: shaped minus plain return is c * (start distance - end distance)
+        plain.reset(seed=1)
+        env.reset(seed=1)
+        extra = sum(env.step(int(a))[1] - plain.step(int(a))[1] for a in rng.integers(0, 4, size=12))
+        assert extra == pytest.approx(0.25 * (3 - gap(env)))
+    state = env.unwrapped.get_state()
+    env.reset(seed=1)
+    env.unwrapped.set_state(state)  # the restored board's potential is recomputed, not the reset one's
+    plain.unwrapped.set_state(state)
+    before = gap(env)
+    extra = env.step(LEFT)[1] - plain.step(LEFT)[1]
+    assert extra == pytest.approx(0.25 * (before - gap(env)))
+    with pytest.raises(ValueError, match="approach_reward=-1"):
+        level_env(tmp_path, ONE_ROW, approach_reward=-1)
+
+
 def test_truncation_counts_every_step(tmp_path):
     env = level_env(tmp_path, ONE_ROW, max_steps=2)
     assert env.step("nonsense")[3] is False
