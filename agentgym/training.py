@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentgym.config import describe_fields, load_config
+from agentgym.config import describe_fields, load_config, to_dict
 from agentgym.errors import AgentGymError
 from agentgym.registry import spec, trainer_spec
 from agentgym.runs import RunDir
@@ -25,6 +26,37 @@ def print_config_help(console: Console, trainer: str) -> None:
     for name, kind, default, doc in describe_fields(cls.Config):
         table.add_row(name, kind, default, doc)
     console.print(table)
+
+
+def resolve_config(
+    config_cls: type,
+    *,
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    config_file: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> Any:
+    """A trainer's config from its defaults, ``--env``, ``--env-kwargs``, ``--config`` and ``--set``.
+
+    ``base`` is a resumed run's config (it is taken as it is). Otherwise the trainer's whole default env section is
+    the base, so ``--env-kwargs``, ``--config`` and ``--set env.kwargs.KEY=...`` add to its kwargs (its preset and
+    shaping) and keep its turn budget; another ``--env`` starts from no kwargs.
+    """
+    base = dict(base or {})
+    resume = bool(base)
+    if not resume:
+        base["env"] = to_dict(config_cls())["env"]
+    if env is not None:
+        env_id = spec(env).id
+        if not resume and env_id != spec(base["env"]["id"]).id:
+            base["env"]["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
+            if spec(env_id).policy is not None:  # a neural policy plays the env's whole episode (a fleet's day)
+                base["env"]["max_turns"] = None
+        base.setdefault("env", {})["id"] = env_id
+    if env_kwargs:
+        base.setdefault("env", {}).setdefault("kwargs", {}).update(env_kwargs)
+    return load_config(config_cls, file=config_file, overrides=overrides, base=base)
 
 
 def train(
@@ -48,16 +80,14 @@ def train(
     if trainer is None:
         raise AgentGymError(f"{resume}/config.yaml names no trainer; pass --trainer NAME.")
     cls = trainer_spec(trainer).load()
-    if env is not None:
-        env_id = spec(env).id
-        if resume is None and env_id != spec(cls.Config().env.id).id:
-            base.setdefault("env", {})["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
-            if spec(env_id).policy is not None:  # a neural policy plays the env's whole episode (a fleet's day)
-                base["env"]["max_turns"] = None
-        base.setdefault("env", {})["id"] = env_id
-    if env_kwargs:
-        base.setdefault("env", {}).setdefault("kwargs", {}).update(env_kwargs)
-    config = load_config(cls.Config, file=config_file, overrides=overrides, base=base)
+    config = resolve_config(
+        cls.Config,
+        env=env,
+        env_kwargs=env_kwargs,
+        overrides=overrides,
+        config_file=config_file,
+        base=base if resume is not None else None,
+    )
     if resume is None:
         name = f"{spec(config.env.id).name.lower()}-{trainer}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = RunDir(out or Path("runs") / name)
@@ -73,7 +103,7 @@ def train(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("iterations", total=config.iterations, stats="evaluating before training ...")
+        bar = progress.add_task("iterations", total=trainer_obj.total_steps(), stats="evaluating before training ...")
 
         def on_iteration(done: int, metrics: dict[str, Any]) -> None:
             stats = (

@@ -103,3 +103,31 @@ def test_eval_compares_policies_with_the_env_baselines_on_the_same_tasks(tmp_pat
     assert rows[1]["success_rate"] == 1.0 and rows[1]["mean_steps"] < rows[0]["mean_steps"]
     assert all(r["tasks"] == 8 and r["decision_ms"] >= 0 for r in rows)
     assert "every policy plays" in capsys.readouterr().out
+
+
+def test_train_config_keeps_the_trainer_defaults_it_is_not_told_to_change():
+    from agentgym.training import resolve_config
+    from trainers.loop import LoopConfig
+    from trainers.proact import ProActConfig
+
+    # The README's main job: --env names the default env, which keeps its preset, shaping and turn budget.
+    cfg = resolve_config(LoopConfig, env="sokoban")
+    assert cfg.env.kwargs == {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2}
+    assert cfg.env.max_turns == 10 and cfg.policy.lora and cfg.policy.history_turns == 0
+    # --env-kwargs and --set env.kwargs.KEY add to the default kwargs; --set policy.X keeps LOOP's policy section.
+    cfg = resolve_config(
+        LoopConfig,
+        env="sokoban",
+        env_kwargs={"preset": "easy"},
+        overrides=["env.kwargs.distance_reward=0", "policy.temperature=0.7"],
+    )
+    assert cfg.env.kwargs == {"preset": "easy", "distance_reward": 0, "approach_reward": 0.2}
+    assert cfg.policy.temperature == 0.7 and cfg.policy.lora and cfg.policy.history_turns == 0
+    # Another env starts from no kwargs (Sokoban's preset means nothing to 2048) but keeps the turn budget.
+    cfg = resolve_config(LoopConfig, env="game2048", env_kwargs={"size": 3})
+    assert cfg.env.kwargs == {"size": 3} and cfg.env.max_turns == 10
+    cfg = resolve_config(ProActConfig, overrides=["policy.model=somewhere"])
+    assert cfg.policy.think and cfg.policy.max_new_tokens == 96 and cfg.policy.model == "somewhere"
+    # A resumed run's config is taken as it is.
+    cfg = resolve_config(LoopConfig, base={"env": {"id": "sokoban", "kwargs": {}, "max_turns": 8}})
+    assert cfg.env.kwargs == {} and cfg.env.max_turns == 8

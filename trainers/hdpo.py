@@ -350,6 +350,10 @@ class HDPOTrainer:
         policy.eval()
         return InventoryActor(policy, round_orders=cfg.round_actions)
 
+    def total_steps(self) -> int:
+        """Training epochs the run does (the progress bar's length)."""
+        return self.cfg.iterations
+
     def config_dict(self) -> dict[str, Any]:
         """The resolved config with the trainer's name."""
         return {"trainer": self.name, **to_dict(self.cfg)}

@@ -430,6 +430,12 @@ class PolicyGradientTrainer:
         self.write_samples(iteration, trajectories)
         return metrics
 
+    def step_evaluation(self, done: int, total: int) -> dict[str, float]:
+        """The held-out evaluation logged after step ``done`` of ``total``: dev every ``eval_every`` steps."""
+        if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < total:
+            return self.evaluate("dev", f"it{done}")
+        return {}
+
     def fit(self, *, resume: bool = False, on_iteration: Any = None) -> dict[str, Any]:
         """Run ``total_steps()`` steps (continuing from the latest checkpoint when ``resume``) and evaluate."""
         cfg = self.cfg
@@ -451,8 +457,7 @@ class PolicyGradientTrainer:
                 self.iteration = iteration
                 metrics = self.train_step(iteration)
                 done = iteration + 1
-                if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                    metrics.update(self.evaluate("dev", f"it{done}"))
+                metrics.update(self.step_evaluation(done, total))
                 self.run.log(done, metrics)
                 if done % cfg.checkpoint_every == 0 and done < total:
                     self.checkpoint(done)

@@ -475,6 +475,13 @@ class ProActTrainer(PPOTrainer):
         finally:
             self.close()
 
+    def step_evaluation(self, done: int, total: int) -> dict[str, float]:
+        """As the base class, plus dev and test right after GLAD when an RL stage follows (labelled ``glad``), so
+        one run reports zero-shot, after-GLAD and final held-out results."""
+        if self.cfg.rl_stage is not None and done == self.glad_steps > 0 and done < total:
+            return {**self.evaluate("dev", "glad"), **self.evaluate("test", "glad")}
+        return super().step_evaluation(done, total)
+
     # ------------------------------------------------------------------ steps
     def train_step(self, iteration: int) -> dict[str, float]:
         """A GLAD epoch while ``iteration < glad_steps``, then one RL iteration (collect, update, samples)."""

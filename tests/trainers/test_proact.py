@@ -311,4 +311,7 @@ def test_cli_runs_glad_then_mc_grpo_on_2048(tmp_path, tiny_backend):
     assert rc == 0
     records = RunDir(out, tensorboard=False).metrics()
     assert any("glad_sequences" in r for r in records) and any("mc_q_mean" in r for r in records)
+    # Held-out results at the three stages: zero-shot (step 0), right after GLAD (step 1), at the end (step 2).
+    evaluated = [r["step"] for r in records if "eval/test/success_rate" in r]
+    assert evaluated == [0, 1, 2]
     assert (out / "glad.jsonl").is_file() and (out / "checkpoints" / "step-000002" / "value_head.pt").is_file()

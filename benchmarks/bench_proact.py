@@ -1,0 +1,163 @@
+"""ProAct's three stages on held-out tasks, over several seeds: zero-shot, after GLAD, after GLAD + MC-GRPO.
+
+One ``agentgym train --trainer proact`` run per (suite, seed) does all three: the trainer evaluates dev and test
+before training (zero-shot), right after the GLAD epochs (label ``glad``) and at the end. This script runs them,
+each in its own process, then reads every run's ``metrics.jsonl`` and evaluation samples and prints per suite:
+
+* Sokoban: held-out test success at the three stages, per seed and pooled;
+* 2048: mean score (the env's merge score, read from the episodes' last ``info``) and the distribution of the max
+  tile at the three stages, next to a uniform-random policy and the expectimax oracle on the same test tasks.
+
+Usage (CPU defaults are small; pass ``--set`` to scale them, e.g. ``--set glad_tasks=256 --set glad_epochs=4``)::
+
+    .venv/bin/python benchmarks/bench_proact.py --suites sokoban-tiny 2048-3x3 --seeds 0 1 2 --out runs/bench-proact
+    .venv/bin/python benchmarks/bench_proact.py --report-only --suites sokoban-tiny --out runs/bench-proact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: suite -> (env id, constructor kwargs). Sokoban keeps the trainer's default shaping (it does not change success).
+SUITES: dict[str, tuple[str, dict[str, object]]] = {
+    "sokoban-tiny": ("sokoban", {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2}),
+    "sokoban-easy": ("sokoban", {"preset": "easy", "distance_reward": 0.5, "approach_reward": 0.2}),
+    "2048-3x3": ("game2048", {"size": 3}),
+    "2048-4x4": ("game2048", {"size": 4}),
+}
+STAGES = ("start", "glad", "end")
+
+
+def run_suite(suite: str, seed: int, out: Path, overrides: list[str]) -> None:
+    """Train one (suite, seed) unless its run already finished (``report.md`` exists)."""
+    env, kwargs = SUITES[suite]
+    run = out / suite / f"seed{seed}"
+    if (run / "report.md").exists():
+        return
+    cmd = [str(Path(sys.executable).parent / "agentgym"), "train", "--env", env, "--trainer", "proact"]
+    cmd += ["--env-kwargs", *[f"{k}={v}" for k, v in kwargs.items()], "--set", f"seed={seed}", "--out", str(run)]
+    for item in overrides:
+        cmd += ["--set", item]
+    print("$", " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"  {suite} seed {seed}: {(time.perf_counter() - started) / 60:.1f} min wall", flush=True)
+
+
+def episodes(run: Path, stage: str) -> list[dict]:
+    """The test-split episodes the trainer evaluated at ``stage`` (``samples/eval-test-STAGE.jsonl``)."""
+    path = run / "samples" / f"eval-test-{stage}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_info(episode: dict) -> dict:
+    """The info of an episode's last turn (2048's ``score`` and ``max_tile``)."""
+    turns = episode.get("turns") or []
+    return turns[-1].get("info", {}) if turns else {}
+
+
+def baseline_2048(kwargs: dict[str, object], policy: str, tasks: int, seed: int, max_turns: int | None) -> list[dict]:
+    """``agentgym eval``'s code for a registered policy (random, oracle) on the test split, as episode infos.
+
+    ``max_turns`` is the runs' turn budget, so the baselines' games are cut where the trained policy's were.
+    """
+    from agentgym.evaluation import build_policy, evaluate_policy
+    from agentgym.registry import make
+    from agentgym.rollout import RolloutConfig
+
+    env = make("game2048", **kwargs)
+    agent = build_policy(policy, env)
+    env.close()
+    _, trajectories = evaluate_policy(
+        "game2048",
+        agent,
+        policy_name=policy,
+        episodes=tasks,
+        split="test",
+        seed=seed + 10_000,
+        env_kwargs=kwargs,
+        rollout=RolloutConfig(num_envs=8, max_turns=max_turns),
+    )
+    return [t.turns[-1].info if t.turns else {} for t in trajectories]
+
+
+def describe_2048(infos: list[dict]) -> str:
+    """Mean score and max-tile counts of some finished 2048 episodes."""
+    if not infos:
+        return "-"
+    scores = [float(i.get("score", 0)) for i in infos]
+    tiles = Counter(int(i.get("max_tile", 0)) for i in infos)
+    spread = ", ".join(f"{tile}: {count}" for tile, count in sorted(tiles.items()))
+    return f"score {sum(scores) / len(scores):,.0f} (max tile {spread}; n={len(infos)})"
+
+
+def report(suites: list[str], seeds: list[int], out: Path) -> None:
+    """Print the stage tables of every suite from the finished runs."""
+    for suite in suites:
+        env, kwargs = SUITES[suite]
+        print(f"\n## {suite}")
+        runs = [(seed, out / suite / f"seed{seed}") for seed in seeds if (out / suite / f"seed{seed}").is_dir()]
+        if not runs:
+            print("no runs")
+            continue
+        pooled: dict[str, list[dict]] = {stage: [] for stage in STAGES}
+        for seed, run in runs:
+            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            minutes = (rows[-1]["time"] - rows[0]["time"]) / 60 if len(rows) > 1 else 0.0
+            cells = []
+            for stage in STAGES:
+                eps = episodes(run, stage)
+                pooled[stage] += eps
+                if env == "sokoban":
+                    wins = sum(bool(e.get("success")) for e in eps)
+                    cells.append(f"{stage} {wins}/{len(eps)}" if eps else f"{stage} -")
+                else:
+                    cells.append(f"{stage}: {describe_2048([last_info(e) for e in eps])}")
+            print(f"seed {seed}: " + " | ".join(cells) + f" | {minutes:.1f} min")
+        for stage in STAGES:
+            eps = pooled[stage]
+            if env == "sokoban":
+                wins = sum(bool(e.get("success")) for e in eps)
+                rate = f"{wins / len(eps):.1%}" if eps else "-"
+                print(f"pooled {stage}: {wins}/{len(eps)} = {rate}")
+            else:
+                print(f"pooled {stage}: {describe_2048([last_info(e) for e in eps])}")
+        if env == "game2048":
+            n = max(len(pooled["start"]) // len(runs), 1)  # each seed evaluates the same test tasks
+            config = yaml.safe_load((runs[0][1] / "config.yaml").read_text())
+            max_turns = config["env"]["max_turns"]
+            for policy in ("random", "oracle"):
+                infos = baseline_2048(kwargs, policy, n, config["seed"], max_turns)
+                print(f"{policy} (same test tasks, max_turns {max_turns}): {describe_2048(infos)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suites", nargs="+", choices=sorted(SUITES), default=["sokoban-tiny", "2048-3x3"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench-proact")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set KEY=VALUE")
+    parser.add_argument("--report-only", action="store_true", help="only read existing runs")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not args.report_only:
+        for suite in args.suites:
+            for seed in args.seeds:
+                run_suite(suite, seed, out, args.overrides)
+    report(args.suites, args.seeds, out)
+
+
+if __name__ == "__main__":
+    main()
