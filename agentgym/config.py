@@ -157,29 +157,11 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         close = difflib.get_close_matches(key, sorted(names), n=1)
         hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
         raise ConfigError(f"Unknown config key {prefix + key!r}.{hint} `--help` lists every field.")
-    values = dict(values)
-    for f in dataclasses.fields(cls):
-        # A section given in part keeps this class's default for the rest: LOOP's policy section turns LoRA on,
-        # and --set policy.temperature=0.7 must not turn it back off.
-        given = values.get(f.name)
-        if isinstance(given, dict) and dataclasses.is_dataclass(hints[f.name]):
-            default = _default(f)
-            if dataclasses.is_dataclass(default):
-                values[f.name] = {**{g.name: getattr(default, g.name) for g in dataclasses.fields(default)}, **given}
     kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in values.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
-
-
-def _default(f: dataclasses.Field) -> Any:
-    """A dataclass field's default value (None when it has none)."""
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentgym.config import describe_fields, load_config, to_dict
+from agentgym.config import describe_fields, load_config, parse_overrides, to_dict
 from agentgym.errors import AgentGymError
 from agentgym.registry import spec, trainer_spec
 from agentgym.runs import RunDir
@@ -39,14 +40,20 @@ def resolve_config(
 ) -> Any:
     """A trainer's config from its defaults, ``--env``, ``--env-kwargs``, ``--config`` and ``--set``.
 
-    ``base`` is a resumed run's config (it is taken as it is). Otherwise the trainer's whole default env section is
-    the base, so ``--env-kwargs``, ``--config`` and ``--set env.kwargs.KEY=...`` add to its kwargs (its preset and
-    shaping) and keep its turn budget; another ``--env`` starts from no kwargs.
+    ``base`` is a resumed run's config (it is taken as it is). Otherwise the trainer's whole default config is the
+    base, so a section set in part keeps the trainer's defaults for the rest (``--set policy.temperature=0.7``
+    keeps LOOP's LoRA and prompt settings), and ``--env-kwargs``, ``--config`` and ``--set env.kwargs.KEY=...`` add
+    to the default env's kwargs (its preset and shaping) and keep its turn budget; another ``--env`` starts from
+    no kwargs.
     """
-    base = dict(base or {})
     resume = bool(base)
-    if not resume:
-        base["env"] = to_dict(config_cls())["env"]
+    base = dict(base) if resume else to_dict(config_cls())
+    if env is None and not resume:  # an env named by --set env.id=... or the --config file counts as --env
+        named = parse_overrides(overrides).get("env", {}).get("id")
+        if named is None and config_file is not None and Path(config_file).is_file():
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+            named = loaded.get("env", {}).get("id") if isinstance(loaded, dict) else None
+        env = named if isinstance(named, str) else None
     if env is not None:
         env_id = spec(env).id
         if not resume and env_id != spec(base["env"]["id"]).id:

@@ -126,6 +126,8 @@ def test_train_config_keeps_the_trainer_defaults_it_is_not_told_to_change():
     # Another env starts from no kwargs (Sokoban's preset means nothing to 2048) but keeps the turn budget.
     cfg = resolve_config(LoopConfig, env="game2048", env_kwargs={"size": 3})
     assert cfg.env.kwargs == {"size": 3} and cfg.env.max_turns == 10
+    cfg = resolve_config(LoopConfig, overrides=["env.id=bandit"])  # --set env.id counts as --env
+    assert cfg.env.kwargs == {}
     cfg = resolve_config(ProActConfig, overrides=["policy.model=somewhere"])
     assert cfg.policy.think and cfg.policy.max_new_tokens == 96 and cfg.policy.model == "somewhere"
     # A resumed run's config is taken as it is.
