@@ -52,19 +52,18 @@ from gymnasium import spaces
 
 from agentgym import ops
 from agentgym.config import ConfigError
-from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
 from agentgym.glad import GladConfig, build_dataset, chain_writer
 from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
 from agentgym.registry import make
 from agentgym.runs import RunDir
-from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn, to_jsonable
+from agentgym.trajectory import Trajectory, TrajectoryWriter
 from policies.llm.base import Generation, SamplingParams
-from policies.llm.conversation import Conversation, Segment
 from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch, save_policy
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.sft import SFTConfig, SFTTrainer
+from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_span
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
 _STATE_METHODS = ("get_state", "set_state", "state_key")
@@ -236,102 +235,6 @@ class ProActConfig(PPOConfig):
         )
 
 
-# ---------------------------------------------------------------------------------------------------- one-turn rows
-def reply_span(trajectory: Trajectory, turn: int) -> tuple[int, int] | None:
-    """``(start, end)`` of the reply of ``turn`` in the trajectory's token sequence (None: no reply that turn)."""
-    for role, start, end, seg_turn in trajectory.segments or ():
-        if role == "assistant" and int(seg_turn) == turn:
-            return int(start), int(end)
-    return None
-
-
-def play_time_prompt(trajectory: Trajectory, turn: int, policy: Any) -> list[int] | None:
-    """The prompt ids the LLM policy generated ``turn``'s reply from (None when that turn has no reply).
-
-    The recorded segments before the reply are put back into a ``Conversation`` with the policy's context budget,
-    and ``prompt_ids`` is asked exactly as ``LLMPolicy.act`` asks it, so dropped history turns are dropped again.
-    """
-    span = reply_span(trajectory, turn)
-    if span is None or not trajectory.token_ids:
-        return None
-    ids = trajectory.token_ids
-    conv = Conversation(policy.backend.tokenizer, "", policy.budget)  # its rendered system segment is replaced
-    before = [s for s in trajectory.segments or () if s[2] <= span[0]]
-    conv.segments = [Segment(str(role), list(ids[a:b]), int(t)) for role, a, b, t in before]
-    return conv.prompt_ids(reserve=policy.config.max_new_tokens, max_turns=policy.config.history_turns)
-
-
-def one_turn_row(
-    source: Trajectory,
-    turn: int,
-    prompt: Sequence[int],
-    reply: Sequence[int],
-    logprobs: Sequence[float],
-    *,
-    text: str,
-    reward: float,
-    key: Any,
-    constrained: bool,
-    valid: bool = True,
-    info: dict[str, Any] | None = None,
-) -> Trajectory:
-    """A one-turn trajectory: prompt tokens (masked out) then reply tokens (in the loss), for ``make_batch``.
-
-    ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``.
-    """
-    n, r = len(prompt), len(reply)
-    observation = source.turns[turn].observation if turn < len(source.turns) else None
-    return Trajectory(
-        env_id=source.env_id,
-        task=to_jsonable(key),
-        seed=source.seed,
-        group=source.group,
-        split=source.split,
-        difficulty=source.difficulty,
-        task_name=source.task_name,
-        policy=source.policy,
-        turns=[
-            Turn(
-                observation,
-                text,
-                float(reward),
-                bool(valid),
-                to_jsonable(info or {}),
-                prompt_tokens=n,
-                response_tokens=r,
-            )
-        ],
-        episode_return=float(reward),
-        token_ids=[*prompt, *reply],
-        loss_mask=[0] * n + [1] * r,
-        logprobs=[0.0] * n + [float(x) for x in logprobs],
-        segments=[["user", 0, n, 0], ["assistant", n, n + r, 0]],
-        constrained=constrained,
-    )
-
-
-def replay_states(env: Any, trajectory: Trajectory) -> list[Any]:
-    """``get_state()`` before each recorded turn and after the last (``K + 1`` states), by replaying the replies.
-
-    Raises:
-        AgentGymError: a replayed observation differs from the recorded one (the env is not reproducible from its
-            task and seed, so the states would be wrong).
-    """
-    base = env.unwrapped
-    obs, _ = env.reset(seed=trajectory.seed, options={"task": trajectory.task})
-    states = [base.get_state()]
-    for number, turn in enumerate(trajectory.turns):
-        if turn.observation is not None and observation_text(env, obs) != turn.observation:
-            raise AgentGymError(
-                f"Replaying task {trajectory.task!r} (seed {trajectory.seed}) diverged at turn {number}: the env "
-                "does not reproduce its episodes from (task, seed), so the MC-Critic cannot find the visited states. "
-                "Make reset(seed=...) and step() deterministic (randomness from self.np_random only)."
-            )
-        obs, *_ = env.step(turn.action)
-        states.append(base.get_state())
-    return states
-
-
 @dataclass
 class GroupScores:
     """Monte-Carlo values of sampled replies, grouped per state (row-major: group 0's replies first).
@@ -476,8 +379,10 @@ class ProActTrainer(PPOTrainer):
             self.close()
 
     def step_evaluation(self, done: int, total: int) -> dict[str, float]:
-        """As the base class, plus dev and test right after GLAD when an RL stage follows (labelled ``glad``), so
-        one run reports zero-shot, after-GLAD and final held-out results."""
+        """As the base class, plus dev and test right after GLAD when an RL stage follows (labelled ``glad``).
+
+        One run then reports zero-shot, after-GLAD and final held-out results.
+        """
         if self.cfg.rl_stage is not None and done == self.glad_steps > 0 and done < total:
             return {**self.evaluate("dev", "glad"), **self.evaluate("test", "glad")}
         return super().step_evaluation(done, total)

@@ -13,7 +13,8 @@ from agentgym.config import ConfigError, load_config  # noqa: E402
 from agentgym.errors import AgentGymError  # noqa: E402
 from agentgym.runs import RunDir  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
-from trainers.proact import ProActConfig, ProActTrainer, play_time_prompt  # noqa: E402
+from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
+from trainers.turn_rows import play_time_prompt  # noqa: E402
 
 BANDIT = [
     "env.id=bandit",

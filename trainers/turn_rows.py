@@ -1,0 +1,111 @@
+"""One-turn training rows from recorded LLM episodes: each reply with exactly the prompt it was sampled from.
+
+Used by trainers that score or resample single turns (ProAct's MC-GRPO and MC-PPO): the prompt is rebuilt from
+the recorded tokens by the policy's own ``Conversation.prompt_ids`` (so history truncation and the context budget
+are the policy's), and ``replay_states`` recovers the env states an episode visited by replaying its actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from agentgym.env import observation_text
+from agentgym.errors import AgentGymError
+from agentgym.trajectory import Trajectory, Turn, to_jsonable
+from policies.llm.conversation import Conversation, Segment
+
+
+def reply_span(trajectory: Trajectory, turn: int) -> tuple[int, int] | None:
+    """``(start, end)`` of the reply of ``turn`` in the trajectory's token sequence (None: no reply that turn)."""
+    for role, start, end, seg_turn in trajectory.segments or ():
+        if role == "assistant" and int(seg_turn) == turn:
+            return int(start), int(end)
+    return None
+
+
+def play_time_prompt(trajectory: Trajectory, turn: int, policy: Any) -> list[int] | None:
+    """The prompt ids the LLM policy generated ``turn``'s reply from (None when that turn has no reply).
+
+    The recorded segments before the reply are put back into a ``Conversation`` with the policy's context budget,
+    and ``prompt_ids`` is asked exactly as ``LLMPolicy.act`` asks it, so dropped history turns are dropped again.
+    """
+    span = reply_span(trajectory, turn)
+    if span is None or not trajectory.token_ids:
+        return None
+    ids = trajectory.token_ids
+    conv = Conversation(policy.backend.tokenizer, "", policy.budget)  # its rendered system segment is replaced
+    before = [s for s in trajectory.segments or () if s[2] <= span[0]]
+    conv.segments = [Segment(str(role), list(ids[a:b]), int(t)) for role, a, b, t in before]
+    return conv.prompt_ids(reserve=policy.config.max_new_tokens, max_turns=policy.config.history_turns)
+
+
+def one_turn_row(
+    source: Trajectory,
+    turn: int,
+    prompt: Sequence[int],
+    reply: Sequence[int],
+    logprobs: Sequence[float],
+    *,
+    text: str,
+    reward: float,
+    key: Any,
+    constrained: bool,
+    valid: bool = True,
+    info: dict[str, Any] | None = None,
+) -> Trajectory:
+    """A one-turn trajectory: prompt tokens (masked out) then reply tokens (in the loss), for ``make_batch``.
+
+    ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``.
+    """
+    n, r = len(prompt), len(reply)
+    observation = source.turns[turn].observation if turn < len(source.turns) else None
+    return Trajectory(
+        env_id=source.env_id,
+        task=to_jsonable(key),
+        seed=source.seed,
+        group=source.group,
+        split=source.split,
+        difficulty=source.difficulty,
+        task_name=source.task_name,
+        policy=source.policy,
+        turns=[
+            Turn(
+                observation,
+                text,
+                float(reward),
+                bool(valid),
+                to_jsonable(info or {}),
+                prompt_tokens=n,
+                response_tokens=r,
+            )
+        ],
+        episode_return=float(reward),
+        token_ids=[*prompt, *reply],
+        loss_mask=[0] * n + [1] * r,
+        logprobs=[0.0] * n + [float(x) for x in logprobs],
+        segments=[["user", 0, n, 0], ["assistant", n, n + r, 0]],
+        constrained=constrained,
+    )
+
+
+def replay_states(env: Any, trajectory: Trajectory) -> list[Any]:
+    """``get_state()`` before each recorded turn and after the last (``K + 1`` states), by replaying the replies.
+
+    Raises:
+        AgentGymError: a replayed observation differs from the recorded one (the env is not reproducible from its
+            task and seed, so the states would be wrong).
+    """
+    base = env.unwrapped
+    obs, _ = env.reset(seed=trajectory.seed, options={"task": trajectory.task})
+    states = [base.get_state()]
+    for number, turn in enumerate(trajectory.turns):
+        if turn.observation is not None and observation_text(env, obs) != turn.observation:
+            raise AgentGymError(
+                f"Replaying task {trajectory.task!r} (seed {trajectory.seed}) diverged at turn {number}: the env "
+                "does not reproduce its episodes from (task, seed), so the MC-Critic cannot find the visited states. "
+                "Make reset(seed=...) and step() deterministic (randomness from self.np_random only)."
+            )
+        obs, *_ = env.step(turn.action)
+        states.append(base.get_state())
+    return states
