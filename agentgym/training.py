@@ -49,10 +49,14 @@ def resolve_config(
     resume = bool(base)
     base = dict(base) if resume else to_dict(config_cls())
     if env is None and not resume:  # an env named by --set env.id=... or the --config file counts as --env
-        named = parse_overrides(overrides).get("env", {}).get("id")
+
+        def env_id_of(values: Any) -> Any:
+            section = values.get("env") if isinstance(values, dict) else None
+            return section.get("id") if isinstance(section, dict) else None
+
+        named = env_id_of(parse_overrides(overrides))
         if named is None and config_file is not None and Path(config_file).is_file():
-            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-            named = loaded.get("env", {}).get("id") if isinstance(loaded, dict) else None
+            named = env_id_of(yaml.safe_load(Path(config_file).read_text()))
         env = named if isinstance(named, str) else None
     if env is not None:
         env_id = spec(env).id
