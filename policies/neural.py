@@ -13,7 +13,7 @@ JSONL) so that a trainer can re-score the stored actions under new parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,24 +30,55 @@ class PolicyOutput:
     """What a neural policy computes for a batch of ``N`` observations.
 
     Attributes:
-        logits: ``[N, S, A]`` unnormalised scores of ``A`` choices for ``S`` decision slots.
+        logits: ``[N, S, A]`` unnormalised scores of ``A`` choices for ``S`` decision slots. For an autoregressive
+            policy (``condition`` set) these are each slot's scores before any other slot has chosen.
         mask: ``[N, S, A]`` bool, True where a choice is allowed (every deciding slot needs at least one).
         active: ``[N, S]`` bool, True for slots that decide at this step (others contribute nothing).
         value: ``[N]`` state values, or None for a policy without a critic.
+        condition: for autoregressive policies, ``condition(actions)``: the ``[N, S, A]`` scores of every slot
+            given the choices ``actions`` ``[N, S]`` of the slots that decide before it (see ``order``; the other
+            entries are ignored).
+        order: ``[N, S]`` decision round of each slot, with ``condition``: slots of round ``r`` decide together,
+            each seeing the choices of rounds ``< r``. The joint distribution is ``prod_r prod_{s in r} p(a_s |
+            a_{rounds < r})``.
     """
 
     logits: torch.Tensor
     mask: torch.Tensor
     active: torch.Tensor
     value: torch.Tensor | None = None
+    condition: Callable[[torch.Tensor], torch.Tensor] | None = None
+    order: torch.Tensor | None = None
 
-    def log_probs(self) -> torch.Tensor:
-        """``[N, S, A]`` log-probabilities with disallowed choices at (effectively) minus infinity."""
-        return torch.log_softmax(self.logits.masked_fill(~self.mask, _NEG), dim=-1)
+    def log_probs(self, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, S, A]`` log-probabilities with disallowed choices at (effectively) minus infinity.
+
+        For an autoregressive policy, pass the ``[N, S]`` choices the slots are conditioned on (teacher forcing);
+        without them the slots' unconditioned scores are used.
+        """
+        logits = self.logits if actions is None or self.condition is None else self.condition(actions)
+        return torch.log_softmax(logits.masked_fill(~self.mask, _NEG), dim=-1)
 
     def sample(self, generator: torch.Generator | None = None, *, greedy: bool = False) -> torch.Tensor:
-        """``[N, S]`` choices (argmax with ``greedy``); inactive slots get their first allowed choice."""
-        logp = self.log_probs()
+        """``[N, S]`` choices (argmax with ``greedy``); inactive slots get their first allowed choice.
+
+        An autoregressive policy decides round by round (``order``), each round conditioned on the earlier ones.
+        """
+        if self.condition is None:
+            return self._draw(self.log_probs(), generator, greedy)
+        choices = self._draw(self.log_probs(), generator, True)  # inactive slots: their only allowed choice
+        order = self.order if self.order is not None else torch.zeros_like(choices)
+        rounds = order[self.active]
+        for r in range(int(rounds.max()) + 1 if rounds.numel() else 0):
+            now = self.active & (order == r)
+            if not now.any():
+                continue
+            drawn = self._draw(self.log_probs(choices), generator, greedy)
+            choices = torch.where(now, drawn, choices)
+        return choices
+
+    @staticmethod
+    def _draw(logp: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
         if greedy:
             return logp.argmax(-1)
         flat = logp.detach().exp().reshape(-1, logp.shape[-1]).cpu()  # a CPU generator samples on any device
@@ -55,12 +86,16 @@ class PolicyOutput:
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """``[N]`` joint log-prob of ``[N, S]`` choices: the sum over active slots."""
-        chosen = self.log_probs().gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        chosen = self.log_probs(actions).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         return (chosen * self.active).sum(-1)
 
-    def entropy(self) -> torch.Tensor:
-        """``[N]`` joint entropy: the sum of the active slots' entropies."""
-        logp = self.log_probs()
+    def entropy(self, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N]`` joint entropy: the sum of the active slots' entropies.
+
+        For an autoregressive policy, the slots' entropies given the earlier slots' ``actions`` (the per-sample
+        chain-rule terms, whose expectation is the joint entropy).
+        """
+        logp = self.log_probs(actions)
         ent = -(logp.exp() * logp.masked_fill(~self.mask, 0.0)).sum(-1)
         return (ent * self.active).sum(-1)
 

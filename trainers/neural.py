@@ -166,7 +166,7 @@ def score_steps(
     entropy = torch.zeros(shape, device=device, dtype=out.logits.dtype)
     rows, cols = where[:, 0].to(device), where[:, 1].to(device)
     logp = logp.index_put((rows, cols), out.log_prob(acts))
-    entropy = entropy.index_put((rows, cols), out.entropy())
+    entropy = entropy.index_put((rows, cols), out.entropy(acts))
     if not with_values:
         return logp, entropy
     if out.value is None:

@@ -12,13 +12,18 @@
    as edge features) and ``SAGEConv`` between aircraft and vertiports, with residual connections and LayerNorm.
 4. **Attention decoder.** For aircraft ``a`` at vertiport ``o`` and destination ``u``, the logit is the sum over
    ``heads`` of ``q_h(a) . k_h(u) / sqrt(d)`` plus an aircraft-gated route term ``g_h(a) r_h(o -> u)`` (from the
-   route embedding), plus a learned "stay" score on ``u = o``; logits are soft-clipped to ``[-clip, clip]`` and the
-   env's action mask is applied by ``PolicyOutput``.
+   route embedding), plus a learned "stay" score on ``u = o``. The decoder is autoregressive over aircraft: the
+   aircraft at a vertiport decide one after another (round ``r`` = the ``r``-th deciding aircraft of every
+   vertiport, sampled together), and each one's logits also get a gated score of what earlier rounds left it
+   (passengers still waiting on ``o -> u`` after the loads they took, pads left at ``u``), so two aircraft need
+   not chase the same passengers, as the greedy dispatcher's sequential assignment avoids. Logits are
+   soft-clipped to ``[-clip, clip]`` and the env's action mask is applied by ``PolicyOutput``.
 5. **Value head.** Mean-pooled vertiport and aircraft embeddings and the time -> MLP -> a scalar state value.
 
 Output (``PolicyOutput``): ``logits`` and ``mask`` ``[N, S, A]`` with ``S`` = aircraft and ``A`` = vertiports (the
 largest in the batch; smaller graphs are padded with masked-out entries), ``active`` ``[N, S]`` = the aircraft that
-decide at this step, ``value`` ``[N]``.
+decide at this step, ``value`` ``[N]``, and ``condition``: the logits given the earlier aircraft's choices (what
+``sample``, ``log_prob`` and ``entropy`` use; ``logits`` are each aircraft's scores before any other has chosen).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from environments.vertiport.graph import EDGE_TYPES, feature_sizes, struct_to_he
 from policies.neural import NeuralPolicy, PolicyOutput
 
 _ROUTE = ("vertiport", "route", "vertiport")
+_WAITING = 7  # route feature: passengers waiting / seats (``observation.StructView``)
+_PADS, _PADS_USED = 2, 3  # vertiport features: pads / 10, pads in use or reserved / pads
+_CLAIM_FEATURES = ("waiting_capped", "waiting", "claimed", "left_capped", "left", "pads_left")
 
 
 def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
@@ -109,6 +117,8 @@ class VertiportGNNPolicy(NeuralPolicy):
         self.route_bias = nn.Linear(hidden, heads)
         self.gate = nn.Linear(hidden, heads)
         self.stay = nn.Linear(hidden, 1)
+        self.claim_in = _mlp(len(_CLAIM_FEATURES), hidden, heads)
+        self.claim_gate = nn.Linear(hidden, heads)
         self.value_head = _mlp(2 * hidden + 2, hidden, 1)
 
     @classmethod
@@ -191,14 +201,70 @@ class VertiportGNNPolicy(NeuralPolicy):
         stay, _ = to_dense_batch(self.stay(h["aircraft"]), a_batch, batch_size=b)
         logits = (att + gate[:, :, None, :] * routes).sum(-1)
         logits = logits + stay * nn.functional.one_hot(location, a_max).to(logits.dtype)
-        logits = self.clip * torch.tanh(logits / self.clip)
 
+        # What the earlier aircraft's choices leave to each aircraft: waiting passengers per route, free pads.
+        waiting_table = att.new_zeros(b, a_max, a_max)
+        waiting_table[graph_of, src - offset, dst - offset] = r_store.edge_attr[:, _WAITING]
+        waiting = waiting_table[torch.arange(b, device=table.device)[:, None], location]  # [B, S, A] in seats
+        v_x, _ = to_dense_batch(v_store.x, v_batch, batch_size=b)
+        pads = v_x[..., _PADS] * 10.0
+        free_pads = pads * (1.0 - v_x[..., _PADS_USED])  # [B, A] in aircraft
+        claim_gate, _ = to_dense_batch(self.claim_gate(h["aircraft"]), a_batch, batch_size=b)
         mask, _ = to_dense_batch(a_store.action_mask, a_batch, fill_value=False, batch_size=b)
         mask = mask[:, :, :a_max]
         deciding, _ = to_dense_batch(a_store.deciding, a_batch, fill_value=False, batch_size=b)
         active = deciding & real
+        claims = _Claims(self, logits, waiting, free_pads, location, claim_gate, active)
         pooled = torch.cat(
             [global_mean_pool(h["vertiport"], v_batch, b), global_mean_pool(h["aircraft"], a_batch, b), batch.time], -1
         )
         value = self.value_head(pooled).squeeze(-1)
-        return PolicyOutput(logits, mask, active, value)
+        no_claims = claims(None)  # each aircraft's scores as if it chose first
+        return PolicyOutput(no_claims, mask, active, value, condition=claims, order=claims.order)
+
+
+class _Claims:
+    """The decoder's autoregressive part: each aircraft's logits given the choices of the aircraft before it.
+
+    Order: the deciding aircraft at one vertiport decide one after another (index order), and decision round
+    ``r`` holds the ``r``-th deciding aircraft of every vertiport, so a round is sampled in one batched step and
+    a day's decision needs as many rounds as the most aircraft waiting at one vertiport. Aircraft ``i`` sees the
+    aircraft of earlier rounds.
+
+    Features per (aircraft ``i``, destination ``u``), all in units of one aircraft load or one pad: passengers
+    waiting on ``loc(i) -> u`` (capped at one load, and in full), loads already claimed there by earlier aircraft
+    at the same vertiport, what is left after them (capped and in full), and pads left at ``u`` after the earlier
+    aircraft flying there. An MLP maps them to one score per head, gated per head by the aircraft's embedding, and
+    the sum is added to the base logits before the soft clip.
+    """
+
+    def __init__(self, policy: VertiportGNNPolicy, base, waiting, free_pads, location, gate, active) -> None:
+        self.policy, self.base, self.waiting, self.free_pads, self.gate = policy, base, waiting, free_pads, gate
+        self.active = active.to(base.dtype)
+        a_max, s_max = base.shape[-1], base.shape[1]
+        self.own = nn.functional.one_hot(location, a_max).to(base.dtype)  # [B, S, A]: staying
+        same = (location[:, :, None] == location[:, None, :]).to(base.dtype)  # [B, S, S]
+        earlier = torch.ones(s_max, s_max, device=base.device, dtype=base.dtype).tril(-1)  # [i, j]: j < i
+        self.order = torch.einsum("bij,bj->bi", same * earlier, self.active).long()  # [B, S] decision round
+        self.before = (self.order[:, None, :] < self.order[:, :, None]).to(base.dtype)  # [B, i, j]: j decides first
+        self.same = same
+
+    def __call__(self, actions: torch.Tensor | None) -> torch.Tensor:
+        """``[B, S, A]`` logits given ``actions`` ``[B, S]`` of the earlier rounds (None: nothing chosen yet)."""
+        a_max = self.base.shape[-1]
+        if actions is None:
+            chosen = torch.zeros_like(self.base)
+        else:
+            chosen = nn.functional.one_hot(actions.long().clamp(0, a_max - 1), a_max).to(self.base.dtype)
+            chosen = chosen * self.active[..., None]
+        moving = chosen * (1.0 - self.own)  # a stay takes no new pad
+        loads = torch.einsum("bij,bja->bia", self.before * self.same, chosen)
+        landing = torch.einsum("bij,bja->bia", self.before, moving)
+        left = (self.waiting - loads).clamp(min=0.0)
+        pads_left = self.free_pads[:, None, :] - landing
+        features = torch.stack(
+            [self.waiting.clamp(max=1.0), self.waiting, loads, left.clamp(max=1.0), left, pads_left], dim=-1
+        )  # order: _CLAIM_FEATURES
+        policy = self.policy
+        logits = self.base + (policy.claim_in(features) * self.gate.unsqueeze(-2)).sum(-1)
+        return policy.clip * torch.tanh(logits / policy.clip)

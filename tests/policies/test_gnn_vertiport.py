@@ -61,14 +61,56 @@ def test_log_prob_and_entropy_match_categorical(setup):
     _, obs, policy = setup
     out = policy(obs)
     choices = out.sample(torch.Generator().manual_seed(1))
-    masked = out.logits.masked_fill(~out.mask, float("-inf"))
+    # Each aircraft's distribution is conditioned on the choices of the deciding aircraft before it.
+    masked = out.condition(choices).masked_fill(~out.mask, float("-inf"))
     dist = torch.distributions.Categorical(logits=masked)
     active = out.active.float()
     expected_logp = (dist.log_prob(choices) * active).sum(-1)
     probs = dist.probs
     entropy = -(probs * torch.where(out.mask, probs.clamp_min(1e-30).log(), 0.0)).sum(-1)
     assert torch.allclose(out.log_prob(choices), expected_logp, atol=1e-5)
-    assert torch.allclose(out.entropy(), (entropy * active).sum(-1), atol=1e-5)
+    assert torch.allclose(out.entropy(choices), (entropy * active).sum(-1), atol=1e-5)
+
+
+def test_decoder_is_autoregressive_over_aircraft(setup):
+    _, obs, policy = setup
+    policy.eval()
+    with torch.no_grad():
+        out = policy(obs)
+        choices = out.sample(torch.Generator().manual_seed(3))
+        full = out.condition(choices)
+        order, active = out.order, out.active
+        # Round r holds the r-th deciding aircraft of each vertiport.
+        for b, o in enumerate(obs):
+            loc, deciding = o["struct"]["aircraft_location"], o["struct"]["deciding"].astype(bool)
+            for i in np.flatnonzero(deciding):
+                assert order[b, i] == int((deciding[:i] & (loc[:i] == loc[i])).sum())
+        for r in range(int(order[active].max()) + 1):
+            now = active & (order == r)
+            # A round's scores ignore the choices of its own and later rounds ...
+            later = torch.where(order >= r, torch.zeros_like(choices), choices)
+            assert torch.allclose(out.condition(later)[now], full[now], atol=1e-6)
+        # ... and the first round's are the unconditioned ones.
+        first = active & (order == 0)
+        assert torch.allclose(full[first], out.logits[first], atol=1e-6)
+        # A later aircraft at the same vertiport sees an earlier one's flight where passengers wait.
+        struct = obs[0]["struct"]
+        loc, deciding = struct["aircraft_location"], struct["deciding"].astype(bool)
+        waiting = struct["routes"][..., 7]
+        pairs = [
+            (i, j, int(u))
+            for j in range(len(loc))
+            for i in range(j)
+            if deciding[i] and deciding[j] and loc[i] == loc[j]
+            for u in np.flatnonzero(waiting[loc[i]] > 0)
+            if struct["action_mask"][i, u]
+        ]
+        assert pairs, "the fixture needs two deciding aircraft at one vertiport with passengers waiting"
+        i, j, u = pairs[0]
+        stay, fly = choices[:1].clone(), choices[:1].clone()
+        stay[0, i], fly[0, i] = int(loc[i]), u
+        assert not torch.allclose(out.condition(stay)[0, j, u], out.condition(fly)[0, j, u])
+    policy.train()
 
 
 def test_batched_forward_equals_one_by_one(setup):
