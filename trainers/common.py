@@ -41,6 +41,10 @@ class PolicySection:
     'mlp', or 'module:Class' of a NeuralPolicy. The fields below through gradient_checkpointing are the LLM's."""
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of a neural policy (hidden sizes, layers)."""
+    weights: str | None = None
+    """Start a neural policy from saved weights (e.g. a behaviour-cloning run, for PPO or LOOP to improve): a run
+    directory (its latest checkpoint), a checkpoint directory, or its policy directory. The saved network's class
+    and sizes are used. The LLM's counterpart is ``model``."""
     model: str = "smollm2"
     """'smollm2' (the embedded default), a local model directory, or a hub id with downloads allowed."""
     device: str = "auto"
@@ -154,7 +158,14 @@ def build_backend(section: PolicySection, *, model: str | None = None, env: EnvS
         from agentgym.registry import make
         from trainers.neural import NeuralBackend
 
+        if section.weights is not None:
+            return _warm_start(section, network, make(env.id, **env.kwargs))
         return NeuralBackend.build(network, make(env.id, **env.kwargs), section.network_kwargs, device=section.device)
+    if section.weights is not None:
+        raise ConfigError(
+            f"policy.weights={section.weights!r} starts a neural policy; an LLM starts from policy.model (a model "
+            "directory, e.g. a checkpoint's policy folder)."
+        )
     from policies.llm.hf import HFBackend, LoraSettings
 
     lora = (
@@ -165,6 +176,35 @@ def build_backend(section: PolicySection, *, model: str | None = None, env: EnvS
     backend = HFBackend(model or section.model, device=section.device, dtype=section.dtype, lora=lora)
     if section.gradient_checkpointing and hasattr(backend.model, "gradient_checkpointing_enable"):
         backend.model.gradient_checkpointing_enable()
+    return backend
+
+
+def _warm_start(section: PolicySection, network: str, env: Any) -> Any:
+    """The neural backend saved where ``section.weights`` points (see ``PolicySection.weights``)."""
+    from agentgym.runs import RunDir
+    from trainers.neural import NeuralBackend, network_class
+
+    path = Path(section.weights)
+    latest = RunDir(path, tensorboard=False).latest_checkpoint() if (path / "checkpoints").is_dir() else None
+    candidates = [path, path / "policy"] + ([latest / "policy"] if latest is not None else [])
+    directory = next((c for c in candidates if (c / "policy.pt").is_file() and (c / "policy.json").is_file()), None)
+    if directory is None:
+        raise ConfigError(
+            f"policy.weights={section.weights!r} holds no saved neural policy (policy.pt + policy.json); pass a run "
+            "directory with a checkpoint, a checkpoint directory, or its policy directory."
+        )
+    backend = NeuralBackend.load(directory, env, device=section.device)
+    wanted = network_class(network)
+    if type(backend.model) is not wanted:
+        raise ConfigError(
+            f"policy.weights={section.weights!r} is a {type(backend.model).__name__}, but this run trains a "
+            f"{wanted.__name__}; pass weights of the same network or set policy.network."
+        )
+    if section.network_kwargs and section.network_kwargs != backend.kwargs:
+        raise ConfigError(
+            f"policy.network_kwargs={section.network_kwargs} differ from the saved network's {backend.kwargs}; "
+            "leave network_kwargs empty to use the saved sizes."
+        )
     return backend
 
 

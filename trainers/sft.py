@@ -12,6 +12,13 @@ those of a rollout that chose the demonstrated actions.
 Loss: token cross-entropy on the loss mask, summed over the minibatch's tokens and divided by their number;
 AdamW with gradient accumulation over micro-batches and grad-norm clipping. One iteration is one epoch over the
 shuffled demonstrations; held-out evaluation and checkpoints are the policy-gradient trainer's.
+
+Neural policies (a graph env's GNN, an MLP) are cloned the same way, one env step standing for one token: the
+demonstrator (``demo_policy``: the env's oracle, any registered policy such as ``vertiport_ga``, or a run
+directory) plays ``demo_tasks`` training tasks, or a JSONL file's recorded actions are replayed, with every
+observation kept; the loss is the negative joint log-prob of each demonstrated step (the sum over its deciding
+slots, teacher-forced for an autoregressive decoder), averaged over steps. A cloned policy is a warm start for
+PPO or LOOP (``--set policy.weights=RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from policies.llm.conversation import Conversation
 # The policy's own observation-to-text rule, so demonstrations see exactly what the policy sees.
 from policies.llm.policy import EpisodeMemory, LLMPolicy, LLMPolicyConfig
 from policies.llm.prompts import ANSWER_CLOSE, ANSWER_OPEN, user_message
-from trainers.common import TokenBatch, TrainerConfig, score, token_batch
+from trainers.common import TokenBatch, TrainerConfig, is_neural, make_batch, score
 from trainers.policy_gradient import PolicyGradientTrainer
 
 
@@ -59,6 +66,9 @@ class SFTConfig(TrainerConfig):
     """JSONL of trajectories (agentgym eval/train) or {"messages": [...]} chats; None: the env's oracle."""
     demo_tasks: int = 64
     """Training tasks the oracle demonstrates (ignored with data_file)."""
+    demo_policy: str = "oracle"
+    """Who demonstrates without data_file: 'oracle' (the env's oracle action); a neural policy may also clone any
+    policy agentgym eval takes (a registered name such as vertiport_ga, or a run directory)."""
     only_successful: bool = True
     """Keep only successful episodes (oracle dead ends, failed trajectories in a data file)."""
     epochs: int = 3
@@ -209,6 +219,36 @@ def chat_demonstration(tokenizer: Any, messages: list[dict[str, str]]) -> Trajec
     return Trajectory("", None, 0, 0, "", success=True, token_ids=ids, loss_mask=mask, logprobs=[0.0] * len(ids))
 
 
+class _Recorded:
+    """A demonstrator as a rollout policy whose episodes keep their observations (for a neural policy to score)."""
+
+    records_observations = True
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def act(self, observations: Any, *, envs: Any, rng: Any, memories: Any = None) -> ActionBatch:
+        """The demonstrator's actions, with placeholder behaviour log-probs (SFT does not use them)."""
+        batch = self.policy.act(observations, envs=envs, rng=rng)
+        return ActionBatch(batch.actions, logprobs=np.zeros(len(batch.actions)), info=batch.info)
+
+
+def _records(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a JSONL file of trajectories."""
+    out = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AgentGymError(f"{path}:{number} is not JSON ({exc}).") from exc
+        if "turns" not in record:
+            raise AgentGymError(f"{path}:{number} is not a trajectory (no 'turns'); a neural policy clones episodes.")
+        out.append((number, record))
+    return out
+
+
 class SFTTrainer(PolicyGradientTrainer):
     """Supervised fine-tuning (see the module docstring); evaluation and checkpoints are the shared trainer's."""
 
@@ -229,6 +269,13 @@ class SFTTrainer(PolicyGradientTrainer):
     def demonstrations(self) -> list[Trajectory]:
         """Tokenized demonstrations from ``data_file``, else from the oracle on ``demo_tasks`` training tasks."""
         cfg = self.cfg
+        if is_neural(self.backend):
+            return self._kept(self.neural_demonstrations())
+        if cfg.demo_policy != "oracle":
+            raise ConfigError(
+                f"demo_policy={cfg.demo_policy!r}: an LLM policy learns from the env's oracle or a data_file; "
+                "demo_policy applies to neural policies. Leave it at 'oracle' or pass data_file."
+            )
         env = self.make_env()
         max_turns = cfg.env.max_turns
         if cfg.data_file is None:
@@ -255,20 +302,76 @@ class SFTTrainer(PolicyGradientTrainer):
                 )
                 demos.append(replay)
         env.close()
-        kept = [d for d in demos if any(d.loss_mask or ()) and (d.success or not cfg.only_successful)]
+        return self._kept(demos)
+
+    def _kept(self, demos: list[Trajectory]) -> list[Trajectory]:
+        """The demonstrations to learn from: with a reply (or a step), and successful when asked."""
+        neural = is_neural(self.backend)
+        kept = [
+            d
+            for d in demos
+            if (d.turns if neural else any(d.loss_mask or ())) and (d.success or not self.cfg.only_successful)
+        ]
         if not kept:
             raise AgentGymError(
                 f"No usable demonstrations ({len(demos)} read, none successful with a reply); check data_file or "
-                f"the env's oracle, or set only_successful=false."
+                f"the demonstrator, or set only_successful=false."
             )
         return kept
+
+    def neural_demonstrations(self) -> list[Trajectory]:
+        """Demonstrated episodes with their observations, for a neural policy (see the module docstring)."""
+        from agentgym.evaluation import build_policy as build_named_policy
+        from agentgym.rollout import RolloutConfig, RolloutEngine
+
+        cfg = self.cfg
+        if cfg.data_file is not None:
+            return [self._replay(Trajectory.from_dict(r), n) for n, r in _records(cfg.data_file)]
+        env = self.make_env()
+        tasks = env.unwrapped.task_set.tasks("train", cfg.demo_tasks)[: cfg.demo_tasks]
+        demonstrator = _Recorded(build_named_policy(cfg.demo_policy, env))
+        env.close()
+        engine = RolloutEngine(
+            self.make_env,
+            demonstrator,
+            RolloutConfig(num_envs=cfg.num_envs, group_size=1, max_turns=cfg.env.max_turns),
+            env_id=self.env_id,
+            policy_name=cfg.demo_policy,
+        )
+        demos = engine.run([(task, cfg.seed + i) for i, task in enumerate(tasks)], seed=cfg.seed)
+        engine.close()
+        return demos
+
+    def _replay(self, recorded: Trajectory, line: int) -> Trajectory:
+        """A recorded episode's actions replayed in the env from its task and seed, keeping the observations."""
+        env = self.make_env()
+        obs, info = env.reset(seed=recorded.seed, options={"task": recorded.task})
+        traj = Trajectory(self.env_id, recorded.task, recorded.seed, 0, str(info.get("split", "")))
+        traj.observations, traj.logprobs = [], []
+        for turn in recorded.turns:
+            action = np.asarray(turn.action) if isinstance(turn.action, list) else turn.action
+            if action not in env.action_space:
+                raise AgentGymError(
+                    f"{self.cfg.data_file}:{line}: action {turn.action!r} is not in the env's action space "
+                    f"{env.action_space}; the file was recorded on another env or settings."
+                )
+            traj.observations.append(obs)
+            traj.logprobs.append(0.0)
+            obs, reward, terminated, truncated, info = env.step(action)
+            traj.turns.append(Turn(None, turn.action, float(reward), bool(info.get("action_valid", True)), {}))
+            traj.episode_return += float(reward)
+            traj.success = bool(info.get("success", False))
+            if terminated or truncated:
+                break
+        env.close()
+        return traj
 
     # ------------------------------------------------------------------ training
     def epoch(self, batch: TokenBatch, epoch: int) -> dict[str, float]:
         """One shuffled pass of minibatch steps over the demonstrations."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(batch.input_ids.shape[0], generator=gen)
+        order = torch.randperm(batch.loss_mask.shape[0], generator=gen)
         losses, accuracies, skipped = [], [], 0
         self.backend.model.train()
         for start in range(0, len(order), cfg.minibatch_size):
@@ -283,7 +386,10 @@ class SFTTrainer(PolicyGradientTrainer):
             clear()
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
-            "token_prob": float(np.mean(accuracies)) if accuracies else 0.0,
+            # A neural policy's "token" is a whole env step: the probability of the step's joint action.
+            ("step_prob" if is_neural(self.backend) else "token_prob"): (
+                float(np.mean(accuracies)) if accuracies else 0.0
+            ),
             "optimizer_steps": float(len(losses)),
             "skipped_nonfinite_steps": float(skipped),
         }
@@ -321,7 +427,7 @@ class SFTTrainer(PolicyGradientTrainer):
     def prepare(self) -> None:
         """Build the demonstrations (and keep a few as samples) before the first epoch."""
         self.demos = self.demonstrations()
-        self.demo_batch = token_batch(self.demos, self.backend._pad_id, history_turns=self.cfg.policy.history_turns)
+        self.demo_batch = make_batch(self.backend, self.demos, history_turns=self.cfg.policy.history_turns)
         self.write_samples(0, self.demos)
 
     def train_step(self, iteration: int) -> dict[str, float]:
