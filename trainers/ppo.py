@@ -236,6 +236,8 @@ class PPOTrainer(PolicyGradientTrainer):
             )
             if not critic.model.has_value:
                 raise ConfigError(f"{type(critic.model).__name__} has no value head; PPO needs one (has_value).")
+            if config.policy.weights is not None:  # a warm-started policy's encoder is a warm start for the critic
+                critic.model.load_state_dict(self.backend.model.state_dict())
             self.value_head = critic.model
         else:
             hidden = int(_decoder(self.backend).config.hidden_size)

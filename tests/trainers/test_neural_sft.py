@@ -123,8 +123,13 @@ def test_ppo_starts_from_cloned_weights(tmp_path):
     bc.fit()
     for where in (tmp_path / "bc", bc.run.latest_checkpoint(), bc.run.latest_checkpoint() / "policy"):
         ppo = _trainer("ppo", tmp_path / "ppo", f"policy.weights={where}", "iterations=1")
-        for (name, p), (_, q) in zip(bc.backend.model.named_parameters(), ppo.backend.model.named_parameters()):
+        for (name, p), (_, q), (_, v) in zip(
+            bc.backend.model.named_parameters(),
+            ppo.backend.model.named_parameters(),
+            ppo.value_head.named_parameters(),
+        ):
             torch.testing.assert_close(p, q, msg=f"{name} was not loaded from {where}")
+            torch.testing.assert_close(p, v, msg=f"the critic's {name} did not start from {where}")
     with pytest.raises(ConfigError, match="holds no saved neural policy"):
         _trainer("ppo", tmp_path / "p2", f"policy.weights={tmp_path}", "iterations=1")
     with pytest.raises(ConfigError, match="differ from the saved network"):
