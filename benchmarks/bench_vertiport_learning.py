@@ -1,0 +1,167 @@
+"""The trained vertiport GNN against random, greedy and the GA planner on held-out test scenarios, over seeds.
+
+For each seed, one ``agentgym train`` process clones a demonstrator into the default ``VertiportGNNPolicy``
+(``--trainer sft --set demo_policy=...``: behaviour cloning on whole simulated days), and optionally a second one
+improves the clone with PPO (``--trainer ppo --set policy.weights=<clone>``). Then every trained policy (greedy
+decoding, as ``agentgym eval`` plays a run) and every baseline play the same ``--episodes`` test scenarios
+(``agentgym.evaluation.evaluate``, seed 0), and the script prints per policy: mean daily profit, ratio to random
+and to the GA, the mean paired difference to the GA over scenarios (with its standard error), and decision time
+per step (ms, and how many times faster than the GA).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_vertiport_learning.py --seeds 0 1 2 --out runs/bench-vp
+    .venv/bin/python benchmarks/bench_vertiport_learning.py --seeds 0 1 2 --demo vertiport_ga --out runs/bench-vp-ga
+    .venv/bin/python benchmarks/bench_vertiport_learning.py --report-only --seeds 0 1 2 --out runs/bench-vp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = ("vertiport_random", "vertiport_greedy", "vertiport_ga")
+
+
+def train(args: argparse.Namespace, seed: int) -> list[Path]:
+    """The run directories of one seed (the clone, then its PPO run if asked), trained unless they exist."""
+    out = Path(args.out)
+    clone = out / f"bc-seed{seed}"
+    sets = {
+        "demo_policy": args.demo,
+        "demo_tasks": args.demo_tasks,
+        "epochs": args.epochs,
+        "minibatch_size": 2,
+        "micro_batch_size": 2,
+        "lr": args.lr,
+        "eval_every": 0,
+        "time_budget_minutes": "null",
+    }
+    runs = [(clone, "sft", sets)]
+    if args.ppo_minutes > 0:
+        ppo = {
+            "policy.weights": clone,
+            "reward_scale": 0.001,
+            "lr": 3e-5,
+            "value_clip": "null",
+            "gamma": 0.99,
+            "lam": 0.95,
+            "critic_warmup": 3,
+            "eval_temperature": 0,
+            "eval_every": 5,
+            "time_budget_minutes": args.ppo_minutes,
+        }
+        runs.append((out / f"ppo-seed{seed}", "ppo", ppo))
+    for run, trainer, values in runs:
+        if (run / "report.md").is_file():
+            continue
+        flags = [part for key, value in values.items() for part in ("--set", f"{key}={value}")]
+        command = [
+            sys.executable,
+            "-m",
+            "agentgym.cli",
+            "train",
+            "--env",
+            "vertiport",
+            "--trainer",
+            trainer,
+            *flags,
+            "--set",
+            f"seed={seed}",
+            "--set",
+            "eval_tasks=8",
+            "--out",
+            str(run),
+        ]
+        print("$", " ".join(command[2:]), flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True)
+        print(f"  {run.name}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    return [run for run, _, _ in runs]
+
+
+def evaluate_all(policies: list[str], episodes: int, cache: Path) -> dict[str, dict]:
+    """Per-scenario profits and decision time of each policy on the first ``episodes`` test scenarios."""
+    from agentgym.evaluation import evaluate
+    from agentgym.rollout import RolloutConfig
+
+    results = json.loads(cache.read_text()) if cache.is_file() else {}
+    for name in policies:
+        if name in results and len(results[name]["returns"]) == episodes:
+            continue
+        summary, trajectories = evaluate(
+            "vertiport", name, episodes=episodes, split="test", seed=0, rollout=RolloutConfig(num_envs=8)
+        )
+        order = sorted(trajectories, key=lambda t: str(t.task))
+        results[name] = {
+            "tasks": [str(t.task) for t in order],
+            "returns": [t.episode_return for t in order],
+            "decision_ms": summary.decision_ms,
+            "wall_s": summary.wall_s,
+        }
+        cache.write_text(json.dumps(results, indent=1))
+        print(f"  evaluated {name}: {summary.mean_return:,.0f} ({summary.wall_s:.0f} s)", flush=True)
+    return results
+
+
+def report(results: dict[str, dict], trained: list[str], extra: list[str]) -> None:
+    """The table described in the module docstring."""
+    ga, rnd = results["vertiport_ga"], results["vertiport_random"]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    print(f"\n{len(ga['returns'])} test scenarios (seed 0), mean daily profit:")
+    print(f"{'policy':<34}{'profit':>10}{'x random':>10}{'x GA':>8}{'vs GA (paired)':>22}{'ms/step':>9}{'GA/ours':>9}")
+    for name in [*BASELINES, *trained, *extra]:
+        r = results[name]
+        assert r["tasks"] == ga["tasks"], "every policy must play the same scenarios"
+        diffs = [a - b for a, b in zip(r["returns"], ga["returns"])]
+        se = math.sqrt(sum((d - mean(diffs)) ** 2 for d in diffs) / max(len(diffs) - 1, 1) / len(diffs))
+        speed = ga["decision_ms"] / r["decision_ms"] if r["decision_ms"] > 0 else float("inf")
+        print(
+            f"{name:<34}{mean(r['returns']):>10,.0f}{mean(r['returns']) / mean(rnd['returns']):>10.2f}"
+            f"{mean(r['returns']) / mean(ga['returns']):>8.3f}{mean(diffs):>+12,.0f} ± {se:>7,.0f}"
+            f"{r['decision_ms']:>9.2f}{speed:>9.0f}"
+        )
+    kinds: dict[str, list[str]] = {}
+    for name in trained:  # bc-seedS and ppo-seedS runs pool separately
+        kinds.setdefault(Path(name).name.rsplit("-seed", 1)[0], []).append(name)
+    for kind, names in kinds.items():
+        pooled = [mean([results[n]["returns"][i] for n in names]) for i in range(len(ga["returns"]))]
+        beating = sum(mean(results[n]["returns"]) >= mean(ga["returns"]) for n in names)
+        profit = mean(pooled)
+        print(
+            f"{kind} pooled over {len(names)} seeds: {profit:,.0f} ({profit / mean(ga['returns']):.3f} x GA, "
+            f"{profit / mean(rnd['returns']):.2f} x random); seeds at or above the GA: {beating}/{len(names)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--demo", default="vertiport_greedy", help="demonstrator (a registered policy or run dir)")
+    parser.add_argument("--demo-tasks", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ppo-minutes", type=float, default=0.0, help="PPO after cloning, per seed (0: none)")
+    parser.add_argument("--episodes", type=int, default=16, help="test scenarios every policy plays")
+    parser.add_argument("--out", default="runs/bench-vp")
+    parser.add_argument("--report-only", action="store_true", help="evaluate and report existing runs only")
+    parser.add_argument("--extra", nargs="*", default=[], help="other run directories to evaluate alongside")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in args.seeds:
+        runs += train(args, seed) if not args.report_only else sorted(out.glob(f"*-seed{seed}"))
+    trained = [str(r) for r in runs]
+    results = evaluate_all([*BASELINES, *trained, *args.extra], args.episodes, out / "eval.json")
+    report(results, trained, args.extra)
+
+
+if __name__ == "__main__":
+    main()
