@@ -145,8 +145,7 @@ def write_training_report(run: Any) -> Path:
         f"- iterations with no learning signal (every advantage zero): {no_signal}",
         f"- checkpoints skipped by a failed save: {skipped}",
         f"- stopped by the time budget after {budget[0]:.1f} min" if budget else "- ran every configured iteration",
-        f"- guided decoding: {config.get('policy', {}).get('guided')} (log-probs are then the constrained "
-        "sampler's); reply format: " + ("think + answer" if config.get("policy", {}).get("think") else "bare action"),
+        _policy_note(config),
         "",
         "## Config",
         "",
@@ -158,3 +157,23 @@ def write_training_report(run: Any) -> Path:
     path = run.path / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _policy_note(config: dict[str, Any]) -> str:
+    """What the trained policy decodes with: an LLM's guided decoding and reply format, or a neural network."""
+    policy = config.get("policy", {})
+    network = policy.get("network", "llm")
+    if network == "auto":
+        from agentgym.errors import UnknownNameError
+        from agentgym.registry import spec
+
+        try:
+            network = spec(config.get("env", {}).get("id", "")).policy or "llm"
+        except UnknownNameError:  # an env that is no longer registered: say what the config says
+            network = "auto"
+    if network not in ("llm", "auto"):
+        return f"- policy: the neural network {network} (no text, no guided decoding)"
+    return (
+        f"- guided decoding: {policy.get('guided')} (log-probs are then the constrained sampler's); reply format: "
+        + ("think + answer" if policy.get("think") else "bare action")
+    )

@@ -13,6 +13,7 @@ pytest.importorskip("torch_geometric")
 from agentgym.config import ConfigError, load_config  # noqa: E402
 from agentgym.errors import AgentGymError  # noqa: E402
 from agentgym.registry import make, trainer_spec  # noqa: E402
+from agentgym.report import write_training_report  # noqa: E402
 from agentgym.rollout import RolloutConfig, RolloutEngine  # noqa: E402
 from agentgym.runs import RunDir  # noqa: E402
 from policies.baselines import OraclePolicy  # noqa: E402
@@ -78,6 +79,8 @@ def test_sft_clones_the_vertiport_oracle(tmp_path):
     oracle_profit = np.mean([d.episode_return for d in _oracle_days("test", 4, seed=0)])
     start, end = metrics[0]["eval/test/return_mean"], final["eval/test/return_mean"]
     assert end > start and end >= 0.75 * oracle_profit, (start, end, oracle_profit)
+    report = write_training_report(trainer.run).read_text()
+    assert "the neural network policies.gnn.vertiport:VertiportGNNPolicy" in report and "guided" not in report
 
 
 def test_sft_replays_a_file_of_recorded_days(tmp_path):
