@@ -35,9 +35,10 @@ class PolicyOutput:
         mask: ``[N, S, A]`` bool, True where a choice is allowed (every deciding slot needs at least one).
         active: ``[N, S]`` bool, True for slots that decide at this step (others contribute nothing).
         value: ``[N]`` state values, or None for a policy without a critic.
-        condition: for autoregressive policies, ``condition(actions)``: the ``[N, S, A]`` scores of every slot
-            given the choices ``actions`` ``[N, S]`` of the slots that decide before it (see ``order``; the other
-            entries are ignored).
+        condition: for autoregressive policies, ``condition(actions, slots=None)``: the ``[N, S, A]`` scores of
+            every slot given the choices ``actions`` ``[N, S]`` of the slots that decide before it (see ``order``;
+            the other entries are ignored). With a bool ``slots`` ``[N, S]`` it returns only those slots' rows,
+            ``[n, A]`` in ``slots.nonzero()`` order (what sampling one round needs).
         order: ``[N, S]`` decision round of each slot, with ``condition``: slots of round ``r`` decide together,
             each seeing the choices of rounds ``< r``. The joint distribution is ``prod_r prod_{s in r} p(a_s |
             a_{rounds < r})``.
@@ -64,18 +65,40 @@ class PolicyOutput:
 
         An autoregressive policy decides round by round (``order``), each round conditioned on the earlier ones.
         """
+        return self.decide(generator, greedy=greedy)[0]
+
+    def decide(
+        self, generator: torch.Generator | None = None, *, greedy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample`` and the ``[N]`` joint log-prob of its choices, in one pass.
+
+        Equal to ``(c, log_prob(c))``: a round's log-probs given the earlier rounds are exactly its teacher-forced
+        terms, so an autoregressive policy need not be re-scored after sampling.
+        """
         if self.condition is None:
-            return self._draw(self.log_probs(), generator, greedy)
-        choices = self._draw(self.log_probs(), generator, True)  # inactive slots: their only allowed choice
+            logp = self.log_probs()
+            choices = self._draw(logp, generator, greedy)
+            return choices, self._joint(logp, choices)
+        logp = self.log_probs()
+        choices = self._draw(logp, generator, True)  # inactive slots: their only allowed choice
         order = self.order if self.order is not None else torch.zeros_like(choices)
+        total = torch.zeros(choices.shape[0], dtype=logp.dtype, device=logp.device)
         rounds = order[self.active]
         for r in range(int(rounds.max()) + 1 if rounds.numel() else 0):
             now = self.active & (order == r)
-            if not now.any():
+            rows, slots = now.nonzero(as_tuple=True)
+            if rows.numel() == 0:
                 continue
-            drawn = self._draw(self.log_probs(choices), generator, greedy)
-            choices = torch.where(now, drawn, choices)
-        return choices
+            logits = self.condition(choices, now)  # [n, A]
+            round_logp = torch.log_softmax(logits.masked_fill(~self.mask[rows, slots], _NEG), dim=-1)
+            drawn = self._draw(round_logp, generator, greedy)
+            choices = choices.index_put((rows, slots), drawn)
+            total = total.index_add(0, rows, round_logp.gather(-1, drawn.unsqueeze(-1)).squeeze(-1))
+        return choices, total
+
+    def _joint(self, logp: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        chosen = logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return (chosen * self.active).sum(-1)
 
     @staticmethod
     def _draw(logp: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
@@ -86,8 +109,7 @@ class PolicyOutput:
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """``[N]`` joint log-prob of ``[N, S]`` choices: the sum over active slots."""
-        chosen = self.log_probs(actions).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-        return (chosen * self.active).sum(-1)
+        return self._joint(self.log_probs(actions), actions)
 
     def entropy(self, actions: torch.Tensor | None = None) -> torch.Tensor:
         """``[N]`` joint entropy: the sum of the active slots' entropies.
@@ -152,12 +174,14 @@ class NeuralActor:
         del envs, memories  # a learned policy sees only its observations
         gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
         was_training = self.policy.training
-        self.policy.eval()
-        with torch.no_grad():
-            out = self.policy(list(observations))
-            choices = out.sample(gen, greedy=self.greedy)
-            logp = out.log_prob(choices)
-        self.policy.train(was_training)
+        if was_training:  # (toggling walks every submodule: skip it when there is nothing to toggle)
+            self.policy.eval()
+        try:
+            with torch.inference_mode():
+                choices, logp = self.policy(list(observations)).decide(gen, greedy=self.greedy)
+        finally:
+            if was_training:
+                self.policy.train()
         rows = choices.cpu().numpy()
         return ActionBatch(
             actions=[self.policy.to_env_action(row) for row in rows],

@@ -66,6 +66,7 @@ class NeuralBackend:
         meta = json.loads((directory / "policy.json").read_text())
         backend = cls.build(meta["entry_point"], env, meta["kwargs"], device=device)
         backend.model.load_state_dict(torch.load(directory / "policy.pt", map_location=backend.device))
+        backend.model.eval()  # loaded to play (trainers call train() before their updates)
         return backend
 
     @property

@@ -53,21 +53,16 @@ def feature_sizes(window: int) -> dict[str, int]:
     }
 
 
-def struct_to_heterodata(struct: dict[str, np.ndarray], *, num_actions: int | None = None) -> Any:
-    """Build the ``HeteroData`` of one struct observation (see the module docstring).
+def struct_arrays(struct: dict[str, np.ndarray], *, num_actions: int | None = None) -> dict[str, np.ndarray]:
+    """The graph view of one struct observation as numpy arrays, keyed ``"<store>.<attribute>"``.
+
+    Stores are the node types and the edge types' middle names (``"route.edge_attr"``, ``"at.edge_index"``), plus
+    ``"time"``; the content is what ``struct_to_heterodata`` puts in its ``HeteroData``.
 
     Args:
         struct: the env's struct observation.
         num_actions: pad ``action_mask`` with False columns to this width (to batch envs of different ``N``).
     """
-    try:
-        import torch
-        from torch_geometric.data import HeteroData
-    except ImportError as exc:
-        from agentgym.errors import MissingExtraError
-
-        raise MissingExtraError("The vertiport graph view", exc.name or "torch_geometric", "graph") from exc
-
     missing = [k for k in STRUCT_KEYS if k not in struct]
     if missing:
         raise KeyError(
@@ -88,22 +83,47 @@ def struct_to_heterodata(struct: dict[str, np.ndarray], *, num_actions: int | No
     mask = struct["action_mask"].astype(bool)
     if num_actions is not None and num_actions > n:
         mask = np.concatenate([mask, np.zeros((m, num_actions - n), bool)], axis=1)
+    at = np.stack([ground, loc[ground]]).astype(np.int64)
+    to = np.stack([moving, dest[moving]]).astype(np.int64)
+    return {
+        "vertiport.x": np.ascontiguousarray(x_v, dtype=np.float32),
+        "aircraft.x": np.ascontiguousarray(x_a, dtype=np.float32),
+        "aircraft.location": loc.astype(np.int64),
+        "aircraft.action_mask": mask,
+        "aircraft.deciding": struct["deciding"].astype(bool),
+        "route.edge_index": np.stack([o, d]).astype(np.int64),
+        "route.edge_attr": np.ascontiguousarray(routes[o, d], dtype=np.float32),
+        "route.window": np.ascontiguousarray(window, dtype=np.float32),
+        "at.edge_index": at,
+        "to.edge_index": to,
+        "rev_at.edge_index": at[::-1].copy(),
+        "rev_to.edge_index": to[::-1].copy(),
+        "time": np.asarray(struct["time"], dtype=np.float32).reshape(1, TIME_FEATURES),
+    }
 
+
+def struct_to_heterodata(struct: dict[str, np.ndarray], *, num_actions: int | None = None) -> Any:
+    """Build the ``HeteroData`` of one struct observation (see the module docstring).
+
+    Args:
+        struct: the env's struct observation.
+        num_actions: pad ``action_mask`` with False columns to this width (to batch envs of different ``N``).
+    """
+    try:
+        import torch
+        from torch_geometric.data import HeteroData
+    except ImportError as exc:
+        from agentgym.errors import MissingExtraError
+
+        raise MissingExtraError("The vertiport graph view", exc.name or "torch_geometric", "graph") from exc
+
+    arrays = struct_arrays(struct, num_actions=num_actions)
     data = HeteroData()
-    data["vertiport"].x = torch.from_numpy(np.ascontiguousarray(x_v, dtype=np.float32))
-    data["aircraft"].x = torch.from_numpy(np.ascontiguousarray(x_a, dtype=np.float32))
-    data["aircraft"].location = torch.from_numpy(loc.astype(np.int64))
-    data["aircraft"].action_mask = torch.from_numpy(mask)
-    data["aircraft"].deciding = torch.from_numpy(struct["deciding"].astype(bool))
-    route = data["vertiport", "route", "vertiport"]
-    route.edge_index = torch.from_numpy(np.stack([o, d]).astype(np.int64))
-    route.edge_attr = torch.from_numpy(np.ascontiguousarray(routes[o, d], dtype=np.float32))
-    route.window = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
-    at = torch.from_numpy(np.stack([ground, loc[ground]]).astype(np.int64))
-    to = torch.from_numpy(np.stack([moving, dest[moving]]).astype(np.int64))
-    data["aircraft", "at", "vertiport"].edge_index = at
-    data["aircraft", "to", "vertiport"].edge_index = to
-    data["vertiport", "rev_at", "aircraft"].edge_index = at.flip(0)
-    data["vertiport", "rev_to", "aircraft"].edge_index = to.flip(0)
-    data.time = torch.from_numpy(np.asarray(struct["time"], dtype=np.float32)).reshape(1, TIME_FEATURES)
+    edge_of = {edge[1]: edge for edge in EDGE_TYPES}
+    for key, value in arrays.items():
+        store, _, attr = key.partition(".")
+        if not attr:
+            setattr(data, store, torch.from_numpy(value))
+        else:
+            setattr(data[edge_of.get(store, store)], attr, torch.from_numpy(value))
     return data

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from agentgym.errors import AgentGymError
-from environments.vertiport.graph import EDGE_TYPES, feature_sizes, struct_to_heterodata
+from environments.vertiport.graph import EDGE_TYPES, feature_sizes, struct_arrays
 from policies.neural import NeuralPolicy, PolicyOutput
 
 _ROUTE = ("vertiport", "route", "vertiport")
@@ -143,84 +144,230 @@ class VertiportGNNPolicy(NeuralPolicy):
         return np.asarray(choices, dtype=np.int64)
 
     # ------------------------------------------------------------------ batching
-    def collate(self, observations: Sequence[Any]) -> Any:
-        """One ``torch_geometric`` ``Batch`` of the observations' graphs, on the policy's device."""
-        from torch_geometric.data import Batch
+    def collate(self, observations: Sequence[Any]) -> _Graphs:
+        """The observations' graphs batched into flat tensors (as ``torch_geometric``'s ``Batch`` would).
 
+        Struct observations are concatenated directly from their arrays; ready ``HeteroData`` graphs go through
+        ``Batch.from_data_list``. The tensors are on the policy's device.
+        """
         if len(observations) == 0:
             raise AgentGymError("VertiportGNNPolicy.forward got no observations; pass a non-empty list.")
         structs = [_struct(o) for o in observations]
-        widths = [s["vertiports"].shape[0] if isinstance(s, dict) else s["vertiport"].num_nodes for s in structs]
-        graphs = []
-        for s in structs:
-            if isinstance(s, dict):
+        if all(isinstance(s, dict) for s in structs):
+            for s in structs:
                 if s["demand"].shape[0] != self.window:
                     raise AgentGymError(
                         f"The observation has a {s['demand'].shape[0]}-tick demand window but the policy was built "
                         f"for {self.window}; build it with VertiportGNNPolicy.make(env) or window=... ."
                     )
-                graphs.append(struct_to_heterodata(s, num_actions=max(widths)))
-            else:
-                graphs.append(s)
-        return Batch.from_data_list(graphs).to(self.device)
+            widths = max(s["vertiports"].shape[0] for s in structs)
+            graphs = _Graphs.from_arrays([struct_arrays(s, num_actions=widths) for s in structs])
+        else:
+            from torch_geometric.data import Batch
+
+            from environments.vertiport.graph import struct_to_heterodata
+
+            widths = max(s["vertiports"].shape[0] if isinstance(s, dict) else s["vertiport"].num_nodes for s in structs)
+            data = [struct_to_heterodata(s, num_actions=widths) if isinstance(s, dict) else s for s in structs]
+            graphs = _Graphs.from_batch(Batch.from_data_list(data))
+        return graphs.to(self.device)
 
     # ------------------------------------------------------------------ forward
+    def encode_window(self, window: torch.Tensor) -> torch.Tensor:
+        """``[E, W, 2]`` route forecast windows -> ``[E, W, hidden]``: the embedded windows through ``window_encoder``.
+
+        The same function as calling the ``nn.TransformerEncoderLayer`` (post-norm, ReLU, no dropout), written
+        out: with ``W`` = 6 tokens of 4 heads, torch's CPU kernels for the layer's bias/rescale step and its
+        softmax over 6 entries cost several times the matrix products. The token embedding is folded into the
+        query/key/value projection (a ``[2 -> 3 * hidden]`` product instead of ``[hidden -> 3 * hidden]``).
+        """
+        layer, e, w = self.window_encoder, window.shape[0], window.shape[1]
+        hidden, heads = self.hidden, self.heads
+        attn = layer.self_attn
+        pos = self.window_in.bias + self.window_pos  # [W, hidden]: the embedding's constant part per time step
+        x = (window @ self.window_in.weight.t() + pos).reshape(e * w, hidden)
+        w_in = attn.in_proj_weight @ self.window_in.weight  # [3 * hidden, 2]
+        b_in = pos @ attn.in_proj_weight.t() + attn.in_proj_bias  # [W, 3 * hidden]
+        qkv = (window @ w_in.t() + b_in).view(e, w, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+        scores = torch.matmul(qkv[0], qkv[1].transpose(-1, -2)) / math.sqrt(hidden // heads)  # [E, heads, W, W]
+        scores = (scores - scores.amax(-1, keepdim=True)).exp()
+        mixed = torch.matmul(scores / scores.sum(-1, keepdim=True), qkv[2]).transpose(1, 2).reshape(e * w, hidden)
+        x = layer.norm1(x + attn.out_proj(mixed))
+        x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
+        return x.view(e, w, hidden)
+
     def forward(self, observations: Sequence[Any]) -> PolicyOutput:
         """Masked destination logits ``[N, S, A]``, deciding aircraft ``[N, S]`` and values ``[N]``."""
-        from torch_geometric.nn import global_mean_pool
-        from torch_geometric.utils import to_dense_batch
-
-        batch = self.collate(observations)
-        b = len(observations)
-        v_store, a_store, r_store = batch["vertiport"], batch["aircraft"], batch[_ROUTE]
-        h = {"vertiport": self.vertiport_in(v_store.x), "aircraft": self.aircraft_in(a_store.x)}
-        window = self.window_encoder(self.window_in(r_store.window) + self.window_pos).mean(1)
-        route = torch.relu(self.route_mix(torch.cat([self.route_in(r_store.edge_attr), window], -1)))
-        edge_index = {edge: batch[edge].edge_index for edge in EDGE_TYPES}
+        g = self.collate(observations)
+        b = g.size
+        h = {"vertiport": self.vertiport_in(g.v_x), "aircraft": self.aircraft_in(g.a_x)}
+        window = self.encode_window(g.route_window).mean(1)
+        route = torch.relu(self.route_mix(torch.cat([self.route_in(g.route_attr), window], -1)))
         for conv, norm in zip(self.convs, self.norms):
-            out = conv(h, edge_index, edge_attr_dict={_ROUTE: route})
+            out = conv(h, g.edge_index, edge_attr_dict={_ROUTE: route})
             h = {k: norm[k](h[k] + torch.relu(out[k])) for k in h}
 
-        v_batch, a_batch = v_store.batch, a_store.batch
         d = self.hidden // self.heads
-        q, real = to_dense_batch(self.query(h["aircraft"]), a_batch, batch_size=b)  # [B, S, H]
-        k, _ = to_dense_batch(self.key(h["vertiport"]), v_batch, batch_size=b)  # [B, A, H]
-        s_max, a_max = q.shape[1], k.shape[1]
+        s_max, a_max = g.a_max, g.v_max
+        heads = (self.query, self.gate, self.stay, self.claim_gate)  # one matmul for the four aircraft heads
+        aircraft = nn.functional.linear(
+            h["aircraft"], torch.cat([m.weight for m in heads]), torch.cat([m.bias for m in heads])
+        )
+        q, gate, stay, claim_gate = g.aircraft_dense(aircraft).split([self.hidden, self.heads, 1, self.heads], -1)
+        k = g.vertiport_dense(self.key(h["vertiport"]))  # [B, A, H]
         att = torch.einsum("bshd,bahd->bsah", q.view(b, s_max, self.heads, d), k.view(b, a_max, self.heads, d))
         att = att / math.sqrt(d)
 
-        # Route term: a dense [B, A, A, heads] table of per-route scores, read at each aircraft's location row.
-        src, dst = r_store.edge_index
-        graph_of = v_batch[src]
-        offset = v_store.ptr[graph_of]
-        table = att.new_zeros(b, a_max, a_max, self.heads)
-        table[graph_of, src - offset, dst - offset] = self.route_bias(route)
-        location, _ = to_dense_batch(a_store.location, a_batch, fill_value=0, batch_size=b)
-        routes = table[torch.arange(b, device=table.device)[:, None], location]  # [B, S, A, heads]
-        gate, _ = to_dense_batch(self.gate(h["aircraft"]), a_batch, batch_size=b)
-        stay, _ = to_dense_batch(self.stay(h["aircraft"]), a_batch, batch_size=b)
+        # Route term: a dense [B, A, A, heads + 1] table of per-route scores and waiting passengers, read at each
+        # aircraft's location row.
+        src, dst = g.edge_index[_ROUTE]
+        graph_of = g.v_batch[src]
+        offset = g.v_ptr[graph_of]
+        table = att.new_zeros(b, a_max, a_max, self.heads + 1)
+        table[graph_of, src - offset, dst - offset] = torch.cat(
+            [self.route_bias(route), g.route_attr[:, _WAITING, None]], -1
+        )
+        location = g.location_dense
+        rows = table[torch.arange(b, device=table.device)[:, None], location]  # [B, S, A, heads + 1]
+        routes, waiting = rows[..., : self.heads], rows[..., self.heads]  # waiting: [B, S, A] in seats
         logits = (att + gate[:, :, None, :] * routes).sum(-1)
-        logits = logits + stay * nn.functional.one_hot(location, a_max).to(logits.dtype)
+        own = nn.functional.one_hot(location, a_max).to(logits.dtype)
+        logits = logits + stay * own
 
         # What the earlier aircraft's choices leave to each aircraft: waiting passengers per route, free pads.
-        waiting_table = att.new_zeros(b, a_max, a_max)
-        waiting_table[graph_of, src - offset, dst - offset] = r_store.edge_attr[:, _WAITING]
-        waiting = waiting_table[torch.arange(b, device=table.device)[:, None], location]  # [B, S, A] in seats
-        v_x, _ = to_dense_batch(v_store.x, v_batch, batch_size=b)
-        pads = v_x[..., _PADS] * 10.0
-        free_pads = pads * (1.0 - v_x[..., _PADS_USED])  # [B, A] in aircraft
-        claim_gate, _ = to_dense_batch(self.claim_gate(h["aircraft"]), a_batch, batch_size=b)
-        mask, _ = to_dense_batch(a_store.action_mask, a_batch, fill_value=False, batch_size=b)
-        mask = mask[:, :, :a_max]
-        deciding, _ = to_dense_batch(a_store.deciding, a_batch, fill_value=False, batch_size=b)
-        active = deciding & real
-        claims = _Claims(self, logits, waiting, free_pads, location, claim_gate, active)
-        pooled = torch.cat(
-            [global_mean_pool(h["vertiport"], v_batch, b), global_mean_pool(h["aircraft"], a_batch, b), batch.time], -1
-        )
-        value = self.value_head(pooled).squeeze(-1)
+        v_x = g.vertiport_dense(g.v_x)
+        free_pads = v_x[..., _PADS] * 10.0 * (1.0 - v_x[..., _PADS_USED])  # [B, A] in aircraft
+        mask = g.aircraft_dense(g.action_mask, fill=False)[:, :, :a_max]
+        active = g.aircraft_dense(g.deciding, fill=False) & g.real
+        claims = _Claims(self, logits, waiting, free_pads, location, own, claim_gate, active)
+        pooled = [g.mean_pool(h["vertiport"], g.v_batch, g.v_ptr), g.mean_pool(h["aircraft"], g.a_batch, g.a_ptr)]
+        value = self.value_head(torch.cat([*pooled, g.time], -1)).squeeze(-1)
         no_claims = claims(None)  # each aircraft's scores as if it chose first
         return PolicyOutput(no_claims, mask, active, value, condition=claims, order=claims.order)
+
+
+@dataclass
+class _Graphs:
+    """A batch of vertiport graphs as flat tensors.
+
+    Node features are concatenated over graphs, ``*_batch`` is the graph of each node, ``*_ptr`` ``[B + 1]`` each
+    graph's first node, and edge indices are shifted to the batch's numbering. Aircraft ``location`` stays local to
+    its graph (as in ``graph.py``).
+    """
+
+    size: int
+    v_x: torch.Tensor
+    v_batch: torch.Tensor
+    v_ptr: torch.Tensor
+    a_x: torch.Tensor
+    a_batch: torch.Tensor
+    a_ptr: torch.Tensor
+    location: torch.Tensor
+    action_mask: torch.Tensor
+    deciding: torch.Tensor
+    route_attr: torch.Tensor
+    route_window: torch.Tensor
+    edge_index: dict[tuple[str, str, str], torch.Tensor]
+    time: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, graphs: list[dict[str, np.ndarray]]) -> _Graphs:
+        """Batch ``struct_arrays`` outputs (same ``action_mask`` width)."""
+        counts = {
+            "vertiport": np.array([g["vertiport.x"].shape[0] for g in graphs]),
+            "aircraft": np.array([g["aircraft.x"].shape[0] for g in graphs]),
+        }
+        ptr = {k: np.concatenate([[0], np.cumsum(c)]) for k, c in counts.items()}
+
+        def cat(key: str) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([g[key] for g in graphs]))
+
+        edge_index = {}
+        for edge in EDGE_TYPES:
+            key = f"{edge[1]}.edge_index"
+            shift = np.stack([ptr[edge[0]][:-1], ptr[edge[2]][:-1]], axis=1)  # [B, 2]
+            edge_index[edge] = torch.from_numpy(
+                np.concatenate([g[key] + shift[i][:, None] for i, g in enumerate(graphs)], axis=1)
+            )
+        batch = {k: torch.from_numpy(np.repeat(np.arange(len(graphs)), c)) for k, c in counts.items()}
+        return cls(
+            size=len(graphs),
+            v_x=cat("vertiport.x"),
+            v_batch=batch["vertiport"],
+            v_ptr=torch.from_numpy(ptr["vertiport"]),
+            a_x=cat("aircraft.x"),
+            a_batch=batch["aircraft"],
+            a_ptr=torch.from_numpy(ptr["aircraft"]),
+            location=cat("aircraft.location"),
+            action_mask=cat("aircraft.action_mask"),
+            deciding=cat("aircraft.deciding"),
+            route_attr=cat("route.edge_attr"),
+            route_window=cat("route.window"),
+            edge_index=edge_index,
+            time=cat("time"),
+        )
+
+    @classmethod
+    def from_batch(cls, batch: Any) -> _Graphs:
+        """From a ``torch_geometric`` ``Batch`` of ``struct_to_heterodata`` graphs."""
+        v, a, r = batch["vertiport"], batch["aircraft"], batch[_ROUTE]
+        return cls(
+            size=batch.num_graphs,
+            v_x=v.x,
+            v_batch=v.batch,
+            v_ptr=v.ptr,
+            a_x=a.x,
+            a_batch=a.batch,
+            a_ptr=a.ptr,
+            location=a.location,
+            action_mask=a.action_mask,
+            deciding=a.deciding,
+            route_attr=r.edge_attr,
+            route_window=r.window,
+            edge_index={edge: batch[edge].edge_index for edge in EDGE_TYPES},
+            time=batch.time,
+        )
+
+    def to(self, device: torch.device) -> _Graphs:
+        """The batch on ``device``."""
+        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        return _Graphs(size=self.size, edge_index={k: v.to(device) for k, v in self.edge_index.items()}, **moved)
+
+    @property
+    def v_max(self) -> int:
+        return int((self.v_ptr[1:] - self.v_ptr[:-1]).max())
+
+    @property
+    def a_max(self) -> int:
+        return int((self.a_ptr[1:] - self.a_ptr[:-1]).max())
+
+    def _dense(self, values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor, width: int, fill: Any) -> Any:
+        out = values.new_full((self.size, width, *values.shape[1:]), fill)
+        out[batch, torch.arange(values.shape[0], device=values.device) - ptr[batch]] = values
+        return out
+
+    def aircraft_dense(self, values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
+        """``[M_total, ...]`` per-aircraft values as ``[B, S, ...]`` (``S`` = most aircraft in a graph)."""
+        return self._dense(values, self.a_batch, self.a_ptr, self.a_max, fill)
+
+    def vertiport_dense(self, values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
+        """``[N_total, ...]`` per-vertiport values as ``[B, A, ...]``."""
+        return self._dense(values, self.v_batch, self.v_ptr, self.v_max, fill)
+
+    @property
+    def real(self) -> torch.Tensor:
+        """``[B, S]`` True where an aircraft exists (not padding)."""
+        return self.aircraft_dense(torch.ones_like(self.a_batch, dtype=torch.bool), fill=False)
+
+    @property
+    def location_dense(self) -> torch.Tensor:
+        """``[B, S]`` each aircraft's local vertiport (0 for padding)."""
+        return self.aircraft_dense(self.location, fill=0)
+
+    def mean_pool(self, values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` mean of ``values`` over each graph's nodes (0 for a graph without any)."""
+        counts = (ptr[1:] - ptr[:-1]).clamp(min=1).to(values.dtype)[:, None]
+        return values.new_zeros(self.size, values.shape[1]).index_add_(0, batch, values) / counts
 
 
 class _Claims:
@@ -238,19 +385,23 @@ class _Claims:
     the sum is added to the base logits before the soft clip.
     """
 
-    def __init__(self, policy: VertiportGNNPolicy, base, waiting, free_pads, location, gate, active) -> None:
+    def __init__(self, policy: VertiportGNNPolicy, base, waiting, free_pads, location, own, gate, active) -> None:
         self.policy, self.base, self.waiting, self.free_pads, self.gate = policy, base, waiting, free_pads, gate
         self.active = active.to(base.dtype)
-        a_max, s_max = base.shape[-1], base.shape[1]
-        self.own = nn.functional.one_hot(location, a_max).to(base.dtype)  # [B, S, A]: staying
+        s_max = base.shape[1]
+        self.own = own  # [B, S, A]: staying
         same = (location[:, :, None] == location[:, None, :]).to(base.dtype)  # [B, S, S]
         earlier = torch.ones(s_max, s_max, device=base.device, dtype=base.dtype).tril(-1)  # [i, j]: j < i
         self.order = torch.einsum("bij,bj->bi", same * earlier, self.active).long()  # [B, S] decision round
         self.before = (self.order[:, None, :] < self.order[:, :, None]).to(base.dtype)  # [B, i, j]: j decides first
-        self.same = same
+        self.same_before = self.before * same  # earlier aircraft at the same vertiport
 
-    def __call__(self, actions: torch.Tensor | None) -> torch.Tensor:
-        """``[B, S, A]`` logits given ``actions`` ``[B, S]`` of the earlier rounds (None: nothing chosen yet)."""
+    def __call__(self, actions: torch.Tensor | None, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, S, A]`` logits given ``actions`` ``[B, S]`` of the earlier rounds (None: nothing chosen yet).
+
+        With a bool ``slots`` ``[B, S]``, only those slots' rows: ``[n, A]`` in ``slots.nonzero()`` order (all
+        that sampling one round needs).
+        """
         a_max = self.base.shape[-1]
         if actions is None:
             chosen = torch.zeros_like(self.base)
@@ -258,13 +409,27 @@ class _Claims:
             chosen = nn.functional.one_hot(actions.long().clamp(0, a_max - 1), a_max).to(self.base.dtype)
             chosen = chosen * self.active[..., None]
         moving = chosen * (1.0 - self.own)  # a stay takes no new pad
-        loads = torch.einsum("bij,bja->bia", self.before * self.same, chosen)
-        landing = torch.einsum("bij,bja->bia", self.before, moving)
-        left = (self.waiting - loads).clamp(min=0.0)
-        pads_left = self.free_pads[:, None, :] - landing
+        if slots is None:
+            loads = torch.einsum("bij,bja->bia", self.same_before, chosen)
+            landing = torch.einsum("bij,bja->bia", self.before, moving)
+            return self._score(self.base, self.waiting, loads, self.free_pads[:, None, :] - landing, self.gate)
+        b_idx, s_idx = slots.nonzero(as_tuple=True)
+        loads = torch.bmm(self.same_before[b_idx, s_idx].unsqueeze(1), chosen[b_idx]).squeeze(1)  # [n, A]
+        landing = torch.bmm(self.before[b_idx, s_idx].unsqueeze(1), moving[b_idx]).squeeze(1)
+        return self._score(
+            self.base[b_idx, s_idx],
+            self.waiting[b_idx, s_idx],
+            loads,
+            self.free_pads[b_idx] - landing,
+            self.gate[b_idx, s_idx],
+        )
+
+    def _score(self, base, waiting, loads, pads_left, gate) -> torch.Tensor:
+        """Soft-clipped ``base`` plus the gated claim score of (waiting, claimed loads, pads left) per destination."""
+        left = (waiting - loads).clamp(min=0.0)
         features = torch.stack(
-            [self.waiting.clamp(max=1.0), self.waiting, loads, left.clamp(max=1.0), left, pads_left], dim=-1
+            [waiting.clamp(max=1.0), waiting, loads, left.clamp(max=1.0), left, pads_left], dim=-1
         )  # order: _CLAIM_FEATURES
         policy = self.policy
-        logits = self.base + (policy.claim_in(features) * self.gate.unsqueeze(-2)).sum(-1)
+        logits = base + (policy.claim_in(features) * gate.unsqueeze(-2)).sum(-1)
         return policy.clip * torch.tanh(logits / policy.clip)

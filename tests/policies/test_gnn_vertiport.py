@@ -138,6 +138,70 @@ def test_struct_mode_and_graph_inputs_agree(setup):
     assert torch.allclose(a, b) and torch.allclose(a[0], c[0], atol=1e-6)
 
 
+def test_graph_inputs_batch_like_struct_inputs(setup):
+    """The direct struct batching and torch_geometric's Batch of the same graphs give the same tensors and outputs."""
+    from torch_geometric.data import Batch
+
+    from environments.vertiport.graph import struct_arrays, struct_to_heterodata
+    from policies.gnn.vertiport import _Graphs
+
+    _, obs, policy = setup
+    structs = [o["struct"] for o in obs]
+    direct = _Graphs.from_arrays([struct_arrays(s) for s in structs])
+    via_pyg = _Graphs.from_batch(Batch.from_data_list([struct_to_heterodata(s) for s in structs]))
+    for name, value in vars(direct).items():
+        other = getattr(via_pyg, name)
+        if isinstance(value, dict):
+            assert value.keys() == other.keys() and all(torch.equal(value[k], other[k]) for k in value), name
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(value, other.reshape(value.shape)), name
+    policy.eval()
+    with torch.no_grad():
+        a, b = policy(obs), policy([struct_to_heterodata(s) for s in structs])
+    policy.train()
+    assert torch.allclose(a.logits, b.logits, atol=1e-6) and torch.allclose(a.value, b.value, atol=1e-6)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.active, b.active) and torch.equal(a.order, b.order)
+
+
+def test_window_encoder_is_the_transformer_layer(setup):
+    """The written-out window encoder computes torch's TransformerEncoderLayer, with the same gradients."""
+    _, _, policy = setup
+    window = torch.rand(17, policy.window, 2)
+    for training in (True, False):
+        policy.train(training)
+        reference = policy.window_encoder(policy.window_in(window) + policy.window_pos)
+        assert torch.allclose(policy.encode_window(window), reference, atol=1e-5)
+    policy.train()
+    grads = []
+    for encode in (policy.encode_window, lambda w: policy.window_encoder(policy.window_in(w) + policy.window_pos)):
+        policy.zero_grad()
+        encode(window).pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 15  # window_in, window_pos and the layer
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+    policy.zero_grad()
+
+
+def test_decide_is_sample_with_its_teacher_forced_log_prob(setup):
+    """One decoding pass gives the choices and exactly the log-prob that re-scoring them gives."""
+    _, obs, policy = setup
+    policy.eval()
+    with torch.no_grad():
+        out = policy(obs)
+        for seed in range(3):
+            choices, logp = out.decide(torch.Generator().manual_seed(seed))
+            assert out.mask.gather(-1, choices.unsqueeze(-1)).all()
+            assert torch.allclose(logp, out.log_prob(choices), atol=1e-5)
+            # Rows-only scoring (what a round asks for) equals the full table's rows.
+            for r in range(int(out.order[out.active].max()) + 1):
+                now = out.active & (out.order == r)
+                assert torch.allclose(out.condition(choices, now), out.condition(choices)[now], atol=1e-6)
+        greedy, greedy_logp = out.decide(greedy=True)
+        assert torch.equal(greedy, out.sample(greedy=True))
+        assert torch.allclose(greedy_logp, out.log_prob(greedy), atol=1e-5)
+    policy.train()
+
+
 def test_mixed_sizes_are_padded(setup):
     _, obs, policy = setup
     tiny_env, tiny_obs = observations(preset="tiny", steps=(1,))
