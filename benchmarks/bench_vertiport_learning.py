@@ -81,36 +81,62 @@ def train(args: argparse.Namespace, seed: int) -> list[Path]:
     return [run for run, _, _ in runs]
 
 
-def evaluate_all(policies: list[str], episodes: int, cache: Path, fresh: bool = False) -> dict[str, dict]:
+def evaluate_all(
+    policies: list[str], episodes: int, cache: Path, fresh: bool = False, compile: bool = False
+) -> dict[str, dict]:
     """Per-scenario profits and decision time of each policy on the first ``episodes`` test scenarios.
 
     Results are cached in ``cache``; ``fresh`` evaluates every policy again (so all decision times come from one
-    run, under the same machine load).
+    run, under the same machine load). ``compile``: trained policies run their inference through
+    ``torch.compile``, compiled on a training-split day before the clock starts (cached under ``NAME+compile``).
     """
-    from agentgym.evaluation import evaluate
+    import numpy as np
+
+    from agentgym.evaluation import build_policy, evaluate_policy
+    from agentgym.registry import make
     from agentgym.rollout import RolloutConfig
 
     results = json.loads(cache.read_text()) if cache.is_file() and not fresh else {}
     for name in policies:
-        if name in results and len(results[name]["returns"]) == episodes:
+        trained = name not in BASELINES
+        key = f"{name}+compile" if compile and trained else name
+        if key in results and len(results[key]["returns"]) == episodes:
             continue
-        summary, trajectories = evaluate(
-            "vertiport", name, episodes=episodes, split="test", seed=0, rollout=RolloutConfig(num_envs=8)
+        env = make("vertiport")
+        agent = build_policy(name, env, **({"compile": True} if compile and trained else {}))
+        if compile and trained:  # compile (dynamic shapes) outside the timed evaluation
+            obs, _ = env.reset(seed=12345, options={"split": "train"})
+            for batch in (8, 1):
+                agent.act([obs] * batch, envs=[env] * batch, rng=np.random.default_rng(0))
+        summary, trajectories = evaluate_policy(
+            "vertiport",
+            agent,
+            policy_name=name,
+            episodes=episodes,
+            split="test",
+            seed=0,
+            rollout=RolloutConfig(num_envs=8),
         )
         order = sorted(trajectories, key=lambda t: str(t.task))
-        results[name] = {
+        results[key] = {
             "tasks": [str(t.task) for t in order],
             "returns": [t.episode_return for t in order],
             "decision_ms": summary.decision_ms,
             "wall_s": summary.wall_s,
         }
-        if name not in BASELINES:  # one scenario at a time: the latency of a single decision
-            single, _ = evaluate(
-                "vertiport", name, episodes=2, split="test", seed=0, rollout=RolloutConfig(num_envs=1)
+        if trained:  # one scenario at a time: the latency of a single decision
+            single, _ = evaluate_policy(
+                "vertiport",
+                agent,
+                policy_name=name,
+                episodes=2,
+                split="test",
+                seed=0,
+                rollout=RolloutConfig(num_envs=1),
             )
-            results[name]["decision_ms_batch1"] = single.decision_ms
+            results[key]["decision_ms_batch1"] = single.decision_ms
         cache.write_text(json.dumps(results, indent=1))
-        print(f"  evaluated {name}: {summary.mean_return:,.0f} ({summary.wall_s:.0f} s)", flush=True)
+        print(f"  evaluated {key}: {summary.mean_return:,.0f} ({summary.wall_s:.0f} s)", flush=True)
     return results
 
 
@@ -124,6 +150,8 @@ def report(results: dict[str, dict], trained: list[str], extra: list[str]) -> No
         f"{'ms batch 1':>12}{'GA/ours':>9}"
     )
     for name in [*BASELINES, *trained, *extra]:
+        if f"{name}+compile" in results:
+            name = f"{name}+compile"
         r = results[name]
         assert r["tasks"] == ga["tasks"], "every policy must play the same scenarios"
         diffs = [a - b for a, b in zip(r["returns"], ga["returns"])]
@@ -139,8 +167,9 @@ def report(results: dict[str, dict], trained: list[str], extra: list[str]) -> No
     for name in trained:  # bc-seedS and ppo-seedS runs pool separately
         kinds.setdefault(Path(name).name.rsplit("-seed", 1)[0], []).append(name)
     for kind, names in kinds.items():
-        pooled = [mean([results[n]["returns"][i] for n in names]) for i in range(len(ga["returns"]))]
-        beating = sum(mean(results[n]["returns"]) >= mean(ga["returns"]) for n in names)
+        rows = [results.get(f"{n}+compile", results.get(n)) for n in names]
+        pooled = [mean([r["returns"][i] for r in rows]) for i in range(len(ga["returns"]))]
+        beating = sum(mean(r["returns"]) >= mean(ga["returns"]) for r in rows)
         profit = mean(pooled)
         print(
             f"{kind} pooled over {len(names)} seeds: {profit:,.0f} ({profit / mean(ga['returns']):.3f} x GA, "
@@ -162,6 +191,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="evaluate and report existing runs only")
     parser.add_argument("--extra", nargs="*", default=[], help="other run directories to evaluate alongside")
     parser.add_argument("--fresh", action="store_true", help="evaluate every policy again (ignore eval.json)")
+    parser.add_argument("--compile", action="store_true", help="trained policies infer through torch.compile")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +199,9 @@ def main() -> None:
     for seed in args.seeds:
         runs += train(args, seed) if not args.report_only else sorted(out.glob(f"*-seed{seed}"))
     trained = [str(r) for r in runs]
-    results = evaluate_all([*BASELINES, *trained, *args.extra], args.episodes, out / "eval.json", args.fresh)
+    results = evaluate_all(
+        [*BASELINES, *trained, *args.extra], args.episodes, out / "eval.json", args.fresh, args.compile
+    )
     report(results, trained, args.extra)
 
 

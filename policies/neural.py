@@ -144,6 +144,12 @@ class NeuralPolicy(torch.nn.Module):
         """Whether ``forward`` returns state values (PPO's critic)."""
         return False
 
+    def compile_inference(self) -> None:
+        """Make inference passes faster with ``torch.compile`` (networks that support it override this)."""
+        from agentgym.errors import AgentGymError
+
+        raise AgentGymError(f"{type(self).__name__} has no compiled inference path; leave compile off.")
+
     def to_env_action(self, choices: np.ndarray) -> Any:
         """One observation's ``[S]`` choices as an env action."""
         return int(choices[0]) if choices.shape[0] == 1 else choices.astype(np.int64)

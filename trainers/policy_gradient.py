@@ -352,10 +352,17 @@ class PolicyGradientTrainer:
         return int(state["iteration"])
 
     @classmethod
-    def policy_from_run(cls, run_dir: str | Path, *, temperature: float | None = None) -> Any:
-        """The policy of a run directory's latest checkpoint, with the run's prompt and sampling settings."""
+    def policy_from_run(cls, run_dir: str | Path, *, temperature: float | None = None, compile: bool = False) -> Any:
+        """The policy of a run directory's latest checkpoint, with the run's prompt and sampling settings.
+
+        ``compile``: a neural policy runs its inference through ``torch.compile`` (``compile_inference``).
+        """
         cfg, checkpoint = load_run(run_dir, cls.Config)
         backend = load_checkpoint_backend(cfg.policy, checkpoint, cfg.env)
+        if compile:
+            if not is_neural(backend):
+                raise ConfigError("compile=true applies to neural policies; an LLM run's speed is the backend's.")
+            backend.model.compile_inference()
         return build_policy(
             backend,
             cfg.policy,

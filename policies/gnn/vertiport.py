@@ -196,16 +196,43 @@ class VertiportGNNPolicy(NeuralPolicy):
         x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
         return x.view(e, w, hidden)
 
+    def compile_inference(self) -> None:
+        """Run inference passes (no autograd) of the encoders and message passing through ``torch.compile``.
+
+        The same function, about 2x faster on CPU once compiled (the first call compiles, about 25 s; node and
+        edge counts are dynamic, so other graph sizes do not recompile). Passes with autograd (training updates)
+        stay eager. Needs a C++ compiler on CPU.
+        """
+        import shutil
+
+        if self.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            raise AgentGymError(
+                "compile=true needs a C++ compiler for torch.compile on CPU (none of g++, c++, clang++ is on PATH); "
+                "install one (apt install g++) or leave compile off."
+            )
+        self._compiled_trunk = torch.compile(self._trunk, dynamic=True)
+
+    def _trunk(self, v_x, a_x, route_window, route_attr, *edge_index):
+        """Node embeddings after message passing, and the route embeddings (tensors in, tensors out)."""
+        h = {"vertiport": self.vertiport_in(v_x), "aircraft": self.aircraft_in(a_x)}
+        window = self.encode_window(route_window).mean(1)
+        route = torch.relu(self.route_mix(torch.cat([self.route_in(route_attr), window], -1)))
+        edges = dict(zip(EDGE_TYPES, edge_index))
+        for conv, norm in zip(self.convs, self.norms):
+            out = conv(h, edges, edge_attr_dict={_ROUTE: route})
+            h = {k: norm[k](h[k] + torch.relu(out[k])) for k in h}
+        return h["vertiport"], h["aircraft"], route
+
     def forward(self, observations: Sequence[Any]) -> PolicyOutput:
         """Masked destination logits ``[N, S, A]``, deciding aircraft ``[N, S]`` and values ``[N]``."""
         g = self.collate(observations)
         b = g.size
-        h = {"vertiport": self.vertiport_in(g.v_x), "aircraft": self.aircraft_in(g.a_x)}
-        window = self.encode_window(g.route_window).mean(1)
-        route = torch.relu(self.route_mix(torch.cat([self.route_in(g.route_attr), window], -1)))
-        for conv, norm in zip(self.convs, self.norms):
-            out = conv(h, g.edge_index, edge_attr_dict={_ROUTE: route})
-            h = {k: norm[k](h[k] + torch.relu(out[k])) for k in h}
+        compiled = getattr(self, "_compiled_trunk", None)
+        trunk = compiled if compiled is not None and not torch.is_grad_enabled() else self._trunk
+        vertiports, aircraft_h, route = trunk(
+            g.v_x, g.a_x, g.route_window, g.route_attr, *(g.edge_index[e] for e in EDGE_TYPES)
+        )
+        h = {"vertiport": vertiports, "aircraft": aircraft_h}
 
         d = self.hidden // self.heads
         s_max, a_max = g.a_max, g.v_max

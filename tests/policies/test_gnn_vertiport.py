@@ -202,6 +202,35 @@ def test_decide_is_sample_with_its_teacher_forced_log_prob(setup):
     policy.train()
 
 
+def _can_compile() -> bool:
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    return headers and any(shutil.which(c) for c in ("g++", "c++"))
+
+
+@pytest.mark.skipif(not _can_compile(), reason="torch.compile on CPU needs a C++ compiler and Python's headers")
+def test_compiled_inference_is_the_same_function(setup):
+    """compile_inference: the same outputs at other batch and graph sizes; passes with autograd stay eager."""
+    env, obs, policy = setup
+    _, tiny_obs = observations(preset="tiny", steps=(1, 2))
+    compiled = VertiportGNNPolicy.make(env, hidden=32, layers=2, heads=4)
+    compiled.load_state_dict(policy.state_dict())
+    compiled.eval().compile_inference()
+    policy.eval()
+    with torch.no_grad():
+        for batch in (obs, obs[:1], tiny_obs, [obs[0], tiny_obs[0]]):
+            a, b = policy(batch), compiled(batch)
+            assert torch.allclose(a.logits, b.logits, atol=1e-5) and torch.allclose(a.value, b.value, atol=1e-5)
+    policy.train()
+    compiled.train()
+    out = compiled(obs)  # grad enabled: the eager trunk, so every parameter gets a gradient
+    (out.log_prob(out.sample(torch.Generator().manual_seed(0))).sum() + out.value.sum()).backward()
+    assert all(p.grad is not None for p in compiled.parameters())
+
+
 def test_mixed_sizes_are_padded(setup):
     _, obs, policy = setup
     tiny_env, tiny_obs = observations(preset="tiny", steps=(1,))
