@@ -197,11 +197,12 @@ class VertiportGNNPolicy(NeuralPolicy):
         return x.view(e, w, hidden)
 
     def compile_inference(self) -> None:
-        """Run inference passes (no autograd) of the encoders and message passing through ``torch.compile``.
+        """Run inference passes (no autograd) of the network through ``torch.compile``.
 
-        The same function, about 2x faster on CPU once compiled (the first call compiles, about 25 s; node and
-        edge counts are dynamic, so other graph sizes do not recompile). Passes with autograd (training updates)
-        stay eager. Needs a C++ compiler on CPU.
+        The same function, faster on CPU once compiled (the first call compiles, 15-30 s; node and edge counts
+        are dynamic, so other graph sizes do not recompile). The collation before it and the round-by-round
+        decoding after it stay eager, and so do passes with autograd (training updates). Needs a C++ compiler on
+        CPU.
         """
         import shutil
 
@@ -210,10 +211,27 @@ class VertiportGNNPolicy(NeuralPolicy):
                 "compile=true needs a C++ compiler for torch.compile on CPU (none of g++, c++, clang++ is on PATH); "
                 "install one (apt install g++) or leave compile off."
             )
-        self._compiled_trunk = torch.compile(self._trunk, dynamic=True)
+        self._compiled_network = torch.compile(self._network, dynamic=True)
 
-    def _trunk(self, v_x, a_x, route_window, route_attr, *edge_index):
-        """Node embeddings after message passing, and the route embeddings (tensors in, tensors out)."""
+    def forward(self, observations: Sequence[Any]) -> PolicyOutput:
+        """Masked destination logits ``[N, S, A]``, deciding aircraft ``[N, S]`` and values ``[N]``."""
+        g = self.collate(observations)
+        compiled = getattr(self, "_compiled_network", None)
+        network = compiled if compiled is not None and not torch.is_grad_enabled() else self._network
+        (no_claims, mask, active, value, *claim_state) = network(
+            g.v_x, g.v_batch, g.v_ptr, g.a_x, g.a_batch, g.a_ptr, g.location, g.action_mask, g.deciding,
+            g.route_attr, g.route_window, g.time, *(g.edge_index[e] for e in EDGE_TYPES),
+            size=g.size, s_max=g.a_max, a_max=g.v_max,
+        )  # fmt: skip
+        claims = _Claims(self, *claim_state)
+        return PolicyOutput(no_claims, mask, active, value, condition=claims, order=claims.order)
+
+    def _network(
+        self, v_x, v_batch, v_ptr, a_x, a_batch, a_ptr, location, action_mask, deciding, route_attr, route_window,
+        time, *edge_index, size: int, s_max: int, a_max: int,
+    ) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """Everything between the batched graph tensors and the decoder's first round (tensors in, tensors out)."""
+        b, d = size, self.hidden // self.heads
         h = {"vertiport": self.vertiport_in(v_x), "aircraft": self.aircraft_in(a_x)}
         window = self.encode_window(route_window).mean(1)
         route = torch.relu(self.route_mix(torch.cat([self.route_in(route_attr), window], -1)))
@@ -221,40 +239,32 @@ class VertiportGNNPolicy(NeuralPolicy):
         for conv, norm in zip(self.convs, self.norms):
             out = conv(h, edges, edge_attr_dict={_ROUTE: route})
             h = {k: norm[k](h[k] + torch.relu(out[k])) for k in h}
-        return h["vertiport"], h["aircraft"], route
 
-    def forward(self, observations: Sequence[Any]) -> PolicyOutput:
-        """Masked destination logits ``[N, S, A]``, deciding aircraft ``[N, S]`` and values ``[N]``."""
-        g = self.collate(observations)
-        b = g.size
-        compiled = getattr(self, "_compiled_trunk", None)
-        trunk = compiled if compiled is not None and not torch.is_grad_enabled() else self._trunk
-        vertiports, aircraft_h, route = trunk(
-            g.v_x, g.a_x, g.route_window, g.route_attr, *(g.edge_index[e] for e in EDGE_TYPES)
-        )
-        h = {"vertiport": vertiports, "aircraft": aircraft_h}
+        def aircraft_dense(values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
+            return _dense(values, a_batch, a_ptr, b, s_max, fill)
 
-        d = self.hidden // self.heads
-        s_max, a_max = g.a_max, g.v_max
+        def vertiport_dense(values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
+            return _dense(values, v_batch, v_ptr, b, a_max, fill)
+
         heads = (self.query, self.gate, self.stay, self.claim_gate)  # one matmul for the four aircraft heads
         aircraft = nn.functional.linear(
             h["aircraft"], torch.cat([m.weight for m in heads]), torch.cat([m.bias for m in heads])
         )
-        q, gate, stay, claim_gate = g.aircraft_dense(aircraft).split([self.hidden, self.heads, 1, self.heads], -1)
-        k = g.vertiport_dense(self.key(h["vertiport"]))  # [B, A, H]
+        q, gate, stay, claim_gate = aircraft_dense(aircraft).split([self.hidden, self.heads, 1, self.heads], -1)
+        k = vertiport_dense(self.key(h["vertiport"]))  # [B, A, H]
         att = torch.einsum("bshd,bahd->bsah", q.view(b, s_max, self.heads, d), k.view(b, a_max, self.heads, d))
         att = att / math.sqrt(d)
 
         # Route term: a dense [B, A, A, heads + 1] table of per-route scores and waiting passengers, read at each
         # aircraft's location row.
-        src, dst = g.edge_index[_ROUTE]
-        graph_of = g.v_batch[src]
-        offset = g.v_ptr[graph_of]
+        src, dst = edges[_ROUTE]
+        graph_of = v_batch[src]
+        offset = v_ptr[graph_of]
         table = att.new_zeros(b, a_max, a_max, self.heads + 1)
         table[graph_of, src - offset, dst - offset] = torch.cat(
-            [self.route_bias(route), g.route_attr[:, _WAITING, None]], -1
+            [self.route_bias(route), route_attr[:, _WAITING, None]], -1
         )
-        location = g.location_dense
+        location = aircraft_dense(location, fill=0)
         rows = table[torch.arange(b, device=table.device)[:, None], location]  # [B, S, A, heads + 1]
         routes, waiting = rows[..., : self.heads], rows[..., self.heads]  # waiting: [B, S, A] in seats
         logits = (att + gate[:, :, None, :] * routes).sum(-1)
@@ -262,15 +272,56 @@ class VertiportGNNPolicy(NeuralPolicy):
         logits = logits + stay * own
 
         # What the earlier aircraft's choices leave to each aircraft: waiting passengers per route, free pads.
-        v_x = g.vertiport_dense(g.v_x)
-        free_pads = v_x[..., _PADS] * 10.0 * (1.0 - v_x[..., _PADS_USED])  # [B, A] in aircraft
-        mask = g.aircraft_dense(g.action_mask, fill=False)[:, :, :a_max]
-        active = g.aircraft_dense(g.deciding, fill=False) & g.real
-        claims = _Claims(self, logits, waiting, free_pads, location, own, claim_gate, active)
-        pooled = [g.mean_pool(h["vertiport"], g.v_batch, g.v_ptr), g.mean_pool(h["aircraft"], g.a_batch, g.a_ptr)]
-        value = self.value_head(torch.cat([*pooled, g.time], -1)).squeeze(-1)
-        no_claims = claims(None)  # each aircraft's scores as if it chose first
-        return PolicyOutput(no_claims, mask, active, value, condition=claims, order=claims.order)
+        vertiport_x = vertiport_dense(v_x)
+        free_pads = vertiport_x[..., _PADS] * 10.0 * (1.0 - vertiport_x[..., _PADS_USED])  # [B, A] in aircraft
+        mask = aircraft_dense(action_mask, fill=False)[:, :, :a_max]
+        real = aircraft_dense(torch.ones_like(a_batch, dtype=torch.bool), fill=False)
+        active = aircraft_dense(deciding, fill=False) & real
+        order, before, same_before = _decision_order(location, active.to(logits.dtype))
+        pooled = [_mean_pool(h["vertiport"], v_batch, v_ptr, b), _mean_pool(h["aircraft"], a_batch, a_ptr, b)]
+        value = self.value_head(torch.cat([*pooled, time], -1)).squeeze(-1)
+        # Each aircraft's scores as if it chose first: nothing claimed, every free pad left.
+        no_claims = _claim_score(self, logits, waiting, torch.zeros_like(logits), free_pads[:, None, :], claim_gate)
+        return (
+            no_claims, mask, active, value,  # the PolicyOutput
+            logits, waiting, free_pads, own, claim_gate, active, order, before, same_before,  # the decoder's state
+        )  # fmt: skip
+
+
+def _dense(values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor, size: int, width: int, fill: Any) -> Any:
+    """``[n_total, ...]`` node values as ``[size, width, ...]`` (node ``i`` of graph ``g`` at ``[g, i]``)."""
+    out = values.new_full((size, width, *values.shape[1:]), fill)
+    out[batch, torch.arange(values.shape[0], device=values.device) - ptr[batch]] = values
+    return out
+
+
+def _mean_pool(values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor, size: int) -> torch.Tensor:
+    """``[size, F]`` mean of ``values`` over each graph's nodes (0 for a graph without any)."""
+    counts = (ptr[1:] - ptr[:-1]).clamp(min=1).to(values.dtype)[:, None]
+    return values.new_zeros(size, values.shape[1]).index_add_(0, batch, values) / counts
+
+
+def _decision_order(location: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Decision rounds ``[B, S]`` and ``[B, i, j]`` masks: j decides before i (anywhere, and at i's vertiport).
+
+    See ``_Claims``.
+    """
+    s_max = location.shape[1]
+    same = (location[:, :, None] == location[:, None, :]).to(active.dtype)  # [B, S, S]
+    earlier = torch.ones(s_max, s_max, device=active.device, dtype=active.dtype).tril(-1)  # [i, j]: j < i
+    order = torch.einsum("bij,bj->bi", same * earlier, active).long()  # [B, S] decision round
+    before = (order[:, None, :] < order[:, :, None]).to(active.dtype)  # [B, i, j]: j decides first
+    return order, before, before * same
+
+
+def _claim_score(policy: VertiportGNNPolicy, base, waiting, loads, pads_left, gate) -> torch.Tensor:
+    """Soft-clipped ``base`` plus the gated claim score of (waiting, claimed loads, pads left) per destination."""
+    left = (waiting - loads).clamp(min=0.0)
+    features = torch.stack(
+        [waiting.clamp(max=1.0), waiting, loads, left.clamp(max=1.0), left, pads_left.expand_as(waiting)], dim=-1
+    )  # order: _CLAIM_FEATURES
+    logits = base + (policy.claim_in(features) * gate.unsqueeze(-2)).sum(-1)
+    return policy.clip * torch.tanh(logits / policy.clip)
 
 
 @dataclass
@@ -362,39 +413,13 @@ class _Graphs:
 
     @property
     def v_max(self) -> int:
+        """Most vertiports in one graph."""
         return int((self.v_ptr[1:] - self.v_ptr[:-1]).max())
 
     @property
     def a_max(self) -> int:
+        """Most aircraft in one graph."""
         return int((self.a_ptr[1:] - self.a_ptr[:-1]).max())
-
-    def _dense(self, values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor, width: int, fill: Any) -> Any:
-        out = values.new_full((self.size, width, *values.shape[1:]), fill)
-        out[batch, torch.arange(values.shape[0], device=values.device) - ptr[batch]] = values
-        return out
-
-    def aircraft_dense(self, values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
-        """``[M_total, ...]`` per-aircraft values as ``[B, S, ...]`` (``S`` = most aircraft in a graph)."""
-        return self._dense(values, self.a_batch, self.a_ptr, self.a_max, fill)
-
-    def vertiport_dense(self, values: torch.Tensor, fill: Any = 0.0) -> torch.Tensor:
-        """``[N_total, ...]`` per-vertiport values as ``[B, A, ...]``."""
-        return self._dense(values, self.v_batch, self.v_ptr, self.v_max, fill)
-
-    @property
-    def real(self) -> torch.Tensor:
-        """``[B, S]`` True where an aircraft exists (not padding)."""
-        return self.aircraft_dense(torch.ones_like(self.a_batch, dtype=torch.bool), fill=False)
-
-    @property
-    def location_dense(self) -> torch.Tensor:
-        """``[B, S]`` each aircraft's local vertiport (0 for padding)."""
-        return self.aircraft_dense(self.location, fill=0)
-
-    def mean_pool(self, values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
-        """``[B, F]`` mean of ``values`` over each graph's nodes (0 for a graph without any)."""
-        counts = (ptr[1:] - ptr[:-1]).clamp(min=1).to(values.dtype)[:, None]
-        return values.new_zeros(self.size, values.shape[1]).index_add_(0, batch, values) / counts
 
 
 class _Claims:
@@ -412,16 +437,20 @@ class _Claims:
     the sum is added to the base logits before the soft clip.
     """
 
-    def __init__(self, policy: VertiportGNNPolicy, base, waiting, free_pads, location, own, gate, active) -> None:
-        self.policy, self.base, self.waiting, self.free_pads, self.gate = policy, base, waiting, free_pads, gate
+    def __init__(
+        self, policy: VertiportGNNPolicy, base, waiting, free_pads, own, gate, active, order, before, same_before
+    ) -> None:
+        self.policy, self.base, self.waiting, self.free_pads, self.own, self.gate = (
+            policy,
+            base,
+            waiting,
+            free_pads,
+            own,
+            gate,
+        )
         self.active = active.to(base.dtype)
-        s_max = base.shape[1]
-        self.own = own  # [B, S, A]: staying
-        same = (location[:, :, None] == location[:, None, :]).to(base.dtype)  # [B, S, S]
-        earlier = torch.ones(s_max, s_max, device=base.device, dtype=base.dtype).tril(-1)  # [i, j]: j < i
-        self.order = torch.einsum("bij,bj->bi", same * earlier, self.active).long()  # [B, S] decision round
-        self.before = (self.order[:, None, :] < self.order[:, :, None]).to(base.dtype)  # [B, i, j]: j decides first
-        self.same_before = self.before * same  # earlier aircraft at the same vertiport
+        self.order = order  # [B, S] decision round
+        self.before, self.same_before = before, same_before  # [B, i, j]: j decides first (at i's vertiport)
 
     def __call__(self, actions: torch.Tensor | None, slots: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, S, A]`` logits given ``actions`` ``[B, S]`` of the earlier rounds (None: nothing chosen yet).
@@ -439,24 +468,17 @@ class _Claims:
         if slots is None:
             loads = torch.einsum("bij,bja->bia", self.same_before, chosen)
             landing = torch.einsum("bij,bja->bia", self.before, moving)
-            return self._score(self.base, self.waiting, loads, self.free_pads[:, None, :] - landing, self.gate)
+            return _claim_score(
+                self.policy, self.base, self.waiting, loads, self.free_pads[:, None, :] - landing, self.gate
+            )
         b_idx, s_idx = slots.nonzero(as_tuple=True)
         loads = torch.bmm(self.same_before[b_idx, s_idx].unsqueeze(1), chosen[b_idx]).squeeze(1)  # [n, A]
         landing = torch.bmm(self.before[b_idx, s_idx].unsqueeze(1), moving[b_idx]).squeeze(1)
-        return self._score(
+        return _claim_score(
+            self.policy,
             self.base[b_idx, s_idx],
             self.waiting[b_idx, s_idx],
             loads,
             self.free_pads[b_idx] - landing,
             self.gate[b_idx, s_idx],
         )
-
-    def _score(self, base, waiting, loads, pads_left, gate) -> torch.Tensor:
-        """Soft-clipped ``base`` plus the gated claim score of (waiting, claimed loads, pads left) per destination."""
-        left = (waiting - loads).clamp(min=0.0)
-        features = torch.stack(
-            [waiting.clamp(max=1.0), waiting, loads, left.clamp(max=1.0), left, pads_left], dim=-1
-        )  # order: _CLAIM_FEATURES
-        policy = self.policy
-        logits = base + (policy.claim_in(features) * gate.unsqueeze(-2)).sum(-1)
-        return policy.clip * torch.tanh(logits / policy.clip)
