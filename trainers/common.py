@@ -41,6 +41,9 @@ class PolicySection:
     'mlp', or 'module:Class' of a NeuralPolicy. The fields below through gradient_checkpointing are the LLM's."""
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of a neural policy (hidden sizes, layers)."""
+    compile: bool = False
+    """Run a neural policy's inference (rollouts, evaluation) through ``torch.compile``: the same function, faster
+    once compiled (15-30 s at the start; CPU needs a C++ compiler). Updates stay eager."""
     weights: str | None = None
     """Start a neural policy from saved weights (e.g. a behaviour-cloning run, for PPO or LOOP to improve): a run
     directory (its latest checkpoint), a checkpoint directory, or its policy directory. The saved network's class
@@ -159,8 +162,16 @@ def build_backend(section: PolicySection, *, model: str | None = None, env: EnvS
         from trainers.neural import NeuralBackend
 
         if section.weights is not None:
-            return _warm_start(section, network, make(env.id, **env.kwargs))
-        return NeuralBackend.build(network, make(env.id, **env.kwargs), section.network_kwargs, device=section.device)
+            backend = _warm_start(section, network, make(env.id, **env.kwargs))
+        else:
+            backend = NeuralBackend.build(
+                network, make(env.id, **env.kwargs), section.network_kwargs, device=section.device
+            )
+        if section.compile:
+            backend.model.compile_inference()
+        return backend
+    if section.compile:
+        raise ConfigError("policy.compile=true compiles a neural policy's inference; this run trains an LLM.")
     if section.weights is not None:
         raise ConfigError(
             f"policy.weights={section.weights!r} starts a neural policy; an LLM starts from policy.model (a model "

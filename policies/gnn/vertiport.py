@@ -28,7 +28,9 @@ decide at this step, ``value`` ``[N]``, and ``condition``: the logits given the 
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,13 +213,14 @@ class VertiportGNNPolicy(NeuralPolicy):
                 "compile=true needs a C++ compiler for torch.compile on CPU (none of g++, c++, clang++ is on PATH); "
                 "install one (apt install g++) or leave compile off."
             )
-        self._compiled_network = torch.compile(self._network, dynamic=True)
+        _COMPILED.add(self)  # by identity: a deep copy (a trainer's frozen reference) is not compiled
 
     def forward(self, observations: Sequence[Any]) -> PolicyOutput:
         """Masked destination logits ``[N, S, A]``, deciding aircraft ``[N, S]`` and values ``[N]``."""
         g = self.collate(observations)
-        compiled = getattr(self, "_compiled_network", None)
-        network = compiled if compiled is not None and not torch.is_grad_enabled() else self._network
+        network = self._network
+        if self in _COMPILED and not torch.is_grad_enabled():
+            network = functools.partial(_compiled_network(), self)
         (no_claims, mask, active, value, *claim_state) = network(
             g.v_x, g.v_batch, g.v_ptr, g.a_x, g.a_batch, g.a_ptr, g.location, g.action_mask, g.deciding,
             g.route_attr, g.route_window, g.time, *(g.edge_index[e] for e in EDGE_TYPES),
@@ -286,6 +289,15 @@ class VertiportGNNPolicy(NeuralPolicy):
             no_claims, mask, active, value,  # the PolicyOutput
             logits, waiting, free_pads, own, claim_gate, active, order, before, same_before,  # the decoder's state
         )  # fmt: skip
+
+
+_COMPILED: weakref.WeakSet[VertiportGNNPolicy] = weakref.WeakSet()  # policies whose inference is compiled
+
+
+@functools.cache
+def _compiled_network() -> Any:
+    """``VertiportGNNPolicy._network`` through ``torch.compile`` (one compiled function for every policy)."""
+    return torch.compile(VertiportGNNPolicy._network, dynamic=True)
 
 
 def _dense(values: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor, size: int, width: int, fill: Any) -> Any:

@@ -224,9 +224,18 @@ def test_compiled_inference_is_the_same_function(setup):
         for batch in (obs, obs[:1], tiny_obs, [obs[0], tiny_obs[0]]):
             a, b = policy(batch), compiled(batch)
             assert torch.allclose(a.logits, b.logits, atol=1e-5) and torch.allclose(a.value, b.value, atol=1e-5)
+        # A deep copy (a trainer's frozen reference model) computes with its own parameters, not the original's.
+        import copy
+
+        reference = copy.deepcopy(compiled)
+        before = reference(obs).logits
+        for p in compiled.parameters():
+            p.add_(0.1)
+        assert torch.equal(reference(obs).logits, before)
+        assert not torch.allclose(compiled(obs).logits, before, atol=1e-3)
     policy.train()
     compiled.train()
-    out = compiled(obs)  # grad enabled: the eager trunk, so every parameter gets a gradient
+    out = compiled(obs)  # grad enabled: the eager network, so every parameter gets a gradient
     (out.log_prob(out.sample(torch.Generator().manual_seed(0))).sum() + out.value.sum()).backward()
     assert all(p.grad is not None for p in compiled.parameters())
 

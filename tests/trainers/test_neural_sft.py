@@ -123,6 +123,11 @@ def test_llm_sft_rejects_a_neural_only_demonstrator():
         trainer.demonstrations()
 
 
+def test_compile_is_for_neural_policies(tmp_path):
+    with pytest.raises(ConfigError, match="policy.compile=true compiles a neural policy"):
+        _trainer("loop", tmp_path / "llm", "env.id=sokoban", "policy.network=llm", "policy.compile=true")
+
+
 def test_ppo_starts_from_cloned_weights(tmp_path):
     bc = _trainer("sft", tmp_path / "bc", "demo_tasks=2", "epochs=1")
     bc.fit()
@@ -143,8 +148,23 @@ def test_ppo_starts_from_cloned_weights(tmp_path):
         _trainer("ppo", tmp_path / "p4", f"policy.weights={tmp_path / 'bc'}", "policy.network=mlp")
 
 
-@pytest.mark.parametrize("name", ["loop", "ppo"])
-def test_policy_gradient_trainers_run_on_the_vertiport_gnn(name, tmp_path):
+def _can_compile() -> bool:
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    return Path(sysconfig.get_paths()["include"], "Python.h").is_file() and bool(shutil.which("g++"))
+
+
+@pytest.mark.parametrize(
+    "name,compiled",
+    [
+        ("loop", False),
+        ("ppo", False),
+        pytest.param("loop", True, marks=pytest.mark.skipif(not _can_compile(), reason="needs g++ and Python.h")),
+    ],
+)
+def test_policy_gradient_trainers_run_on_the_vertiport_gnn(name, compiled, tmp_path):
     trainer = _trainer(
         name,
         tmp_path / name,
@@ -154,13 +174,16 @@ def test_policy_gradient_trainers_run_on_the_vertiport_gnn(name, tmp_path):
         "micro_batch_size=3",
         "reward_scale=0.001",
         "iterations=1",
+        f"policy.compile={str(compiled).lower()}",
     )
     days = trainer.collect(0)
     # Re-scoring the stored dispatches (teacher-forced through the autoregressive decoder) gives back exactly the
-    # log-probs they were sampled with, round by round.
+    # log-probs they were sampled with, round by round; with policy.compile, sampled by the compiled network and
+    # re-scored by the eager one (a pass with autograd).
     batch = make_batch(trainer.backend, days)
-    with torch.no_grad():
+    with torch.enable_grad() if compiled else torch.no_grad():
         logp, _ = score(trainer.backend, batch, temperature=1.0)
+        logp = logp.detach()
     mask = batch.loss_mask.bool()
     torch.testing.assert_close(logp[mask], batch.sampled_logp[mask], atol=1e-4, rtol=0)
     before = {n: p.detach().clone() for n, p in trainer.backend.model.named_parameters()}
