@@ -90,7 +90,6 @@ def evaluate_all(
     run, under the same machine load). ``compile``: trained policies run their inference through
     ``torch.compile``, compiled on a training-split day before the clock starts (cached under ``NAME+compile``).
     """
-    import numpy as np
 
     from agentgym.evaluation import build_policy, evaluate_policy
     from agentgym.registry import make
@@ -104,10 +103,12 @@ def evaluate_all(
             continue
         env = make("vertiport")
         agent = build_policy(name, env, **({"compile": True} if compile and trained else {}))
-        if compile and trained:  # compile (dynamic shapes) outside the timed evaluation
-            obs, _ = env.reset(seed=12345, options={"split": "train"})
-            for batch in (8, 1):
-                agent.act([obs] * batch, envs=[env] * batch, rng=np.random.default_rng(0))
+        if compile and trained:  # compile outside the timed evaluation: play training days at both batch sizes
+            for batch, days in ((8, 8), (1, 2)):  # (graph sizes of 0 or 1 edges of a type recompile once each)
+                evaluate_policy(
+                    "vertiport", agent, policy_name=name, episodes=days, split="train", seed=1,
+                    rollout=RolloutConfig(num_envs=batch),
+                )  # fmt: skip
         summary, trajectories = evaluate_policy(
             "vertiport",
             agent,
