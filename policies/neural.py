@@ -75,11 +75,10 @@ class PolicyOutput:
         Equal to ``(c, log_prob(c))``: a round's log-probs given the earlier rounds are exactly its teacher-forced
         terms, so an autoregressive policy need not be re-scored after sampling.
         """
+        logp = self.log_probs()
         if self.condition is None:
-            logp = self.log_probs()
             choices = self._draw(logp, generator, greedy)
             return choices, self._joint(logp, choices)
-        logp = self.log_probs()
         choices = self._draw(logp, generator, True)  # inactive slots: their only allowed choice
         order = self.order if self.order is not None else torch.zeros_like(choices)
         total = torch.zeros(choices.shape[0], dtype=logp.dtype, device=logp.device)

@@ -43,7 +43,7 @@ class PolicySection:
     """Constructor arguments of a neural policy (hidden sizes, layers)."""
     compile: bool = False
     """Run a neural policy's inference (rollouts, evaluation) through ``torch.compile``: the same function, faster
-    once compiled (15-30 s at the start; CPU needs a C++ compiler). Updates stay eager."""
+    once compiled (15-45 s at the start; CPU needs a C++ compiler). Updates stay eager."""
     weights: str | None = None
     """Start a neural policy from saved weights (e.g. a behaviour-cloning run, for PPO or LOOP to improve): a run
     directory (its latest checkpoint), a checkpoint directory, or its policy directory. The saved network's class

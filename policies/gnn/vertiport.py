@@ -201,8 +201,9 @@ class VertiportGNNPolicy(NeuralPolicy):
     def compile_inference(self) -> None:
         """Run inference passes (no autograd) of the network through ``torch.compile``.
 
-        The same function, faster on CPU once compiled (the first call compiles, 15-30 s; node and edge counts
-        are dynamic, so other graph sizes do not recompile). The collation before it and the round-by-round
+        The same function, faster on CPU once compiled (the first call compiles, 15-45 s; node and edge counts
+        are dynamic, but a graph where an edge type has 0 or 1 edges compiles once more, as torch specialises
+        those sizes). The collation before it and the round-by-round
         decoding after it stay eager, and so do passes with autograd (training updates). Needs a C++ compiler on
         CPU.
         """
