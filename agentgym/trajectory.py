@@ -67,8 +67,10 @@ class Trajectory:
     which each turn's prompt can be rebuilt. ``context_dropped_turns`` > 0 means some turns were generated with
     old turns dropped from the prompt (the context budget), so a whole-sequence re-score differs from sampling
     for those turns. ``constrained`` means guided decoding shaped the replies, so ``logprobs`` are those of the
-    constrained sampler rather than of the free model. For a neural policy (no tokens), ``logprobs`` holds the
-    joint log-prob of each step's action and ``observations`` each step's raw observation.
+    constrained sampler rather than of the free model; ``choice_sets`` (``[[position, [ids]], ...]``) says which
+    ids each guided token was drawn from, so a trainer can score it over that set. For a neural policy (no
+    tokens), ``logprobs`` holds the joint log-prob of each step's action and ``observations`` each step's raw
+    observation.
     """
 
     env_id: str
@@ -90,6 +92,7 @@ class Trajectory:
     segments: list[list[Any]] | None = None
     context_dropped_turns: int = 0
     constrained: bool = False
+    choice_sets: list[list[Any]] | None = None
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     observations: list[Any] | None = field(default=None, repr=False, compare=False)

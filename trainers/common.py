@@ -267,7 +267,8 @@ class TokenBatch:
     Position ``t`` of the ``[B, T-1]`` tensors describes token ``t+1`` of ``input_ids``: ``loss_mask`` is 1 where
     that token was sampled by the policy, ``sampled_logp`` its sampling log-prob, ``turn_ids`` its turn (-1 off
     the mask). ``episode[b]`` is the trajectory row ``b`` comes from (rows are whole episodes, or single turns
-    when prompts kept only recent history: see ``token_batch``).
+    when prompts kept only recent history: see ``token_batch``). ``choices[b, t]`` lists the ids guided decoding
+    drew token t+1 from (-1 padded; all -1 where it was free), or is None when no token was guided.
     """
 
     input_ids: torch.Tensor
@@ -276,6 +277,7 @@ class TokenBatch:
     sampled_logp: torch.Tensor
     turn_ids: torch.Tensor
     episode: torch.Tensor
+    choices: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
@@ -293,10 +295,19 @@ class TokenBatch:
             self.sampled_logp[index, : width - 1],
             self.turn_ids[index, : width - 1],
             self.episode[index],
+            None if self.choices is None else self.choices[index, : width - 1],
         )
 
 
-def _turn_rows(t: Trajectory, history_turns: int) -> list[tuple[list[int], list[int], list[float], list[int]]]:
+Row = tuple[list[int], list[int], list[float], list[int], dict[int, list[int]]]
+
+
+def _choice_sets(t: Trajectory) -> dict[int, list[int]]:
+    """Position -> guided choice set of the trajectory's tokens."""
+    return {int(pos): list(ids) for pos, ids in t.choice_sets or ()}
+
+
+def _turn_rows(t: Trajectory, history_turns: int) -> list[Row]:
     """One row per reply, each with exactly the prompt the policy generated it from.
 
     With ``history_turns = h`` the prompt of turn ``k`` is the system prompt and the segments of turns
@@ -304,6 +315,7 @@ def _turn_rows(t: Trajectory, history_turns: int) -> list[tuple[list[int], list[
     in a row are context, so only turn ``k``'s reply is in that row's loss mask.
     """
     spans = [(role, a, b, turn) for role, a, b, turn in t.segments or ()]
+    sets = _choice_sets(t)
     rows = []
     for role, a, b, k in spans:
         if role != "assistant":
@@ -316,10 +328,12 @@ def _turn_rows(t: Trajectory, history_turns: int) -> list[tuple[list[int], list[
                 ids += t.token_ids[a2:b2]
                 mask += [0] * (b2 - a2)
                 logp += [0.0] * (b2 - a2)
+        offset = len(ids)
         ids += t.token_ids[a:b]
         mask += t.loss_mask[a:b]
         logp += t.logprobs[a:b]
-        rows.append((ids, mask, logp, [k] * len(ids)))
+        row_sets = {offset + p - a: s for p, s in sets.items() if a <= p < b}
+        rows.append((ids, mask, logp, [k] * len(ids), row_sets))
     return rows
 
 
@@ -333,7 +347,7 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int, *, history_turn
     missing = [i for i, t in enumerate(trajectories) if not t.token_ids]
     if missing:
         raise ValueError(f"Trajectories {missing[:5]} carry no token ids; train with an LLM policy's rollouts.")
-    rows: list[tuple[list[int], list[int], list[float], list[int]]] = []
+    rows: list[Row] = []
     episode: list[int] = []
     for i, t in enumerate(trajectories):
         if history_turns is not None and t.segments:
@@ -343,7 +357,7 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int, *, history_turn
             for role, start, end, turn in t.segments or ():
                 if role == "assistant":
                     turns[start:end] = [turn] * (end - start)
-            per_turn = [(t.token_ids, t.loss_mask, t.logprobs, turns)]
+            per_turn = [(t.token_ids, t.loss_mask, t.logprobs, turns, _choice_sets(t))]
         rows += per_turn
         episode += [i] * len(per_turn)
     width = max(len(r[0]) for r in rows)
@@ -353,16 +367,21 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int, *, history_turn
     mask = torch.zeros((b, width), dtype=torch.float32)
     logp = torch.zeros((b, width), dtype=torch.float32)
     turn_ids = torch.full((b, width), -1, dtype=torch.long)
-    for i, (r_ids, r_mask, r_logp, r_turns) in enumerate(rows):
+    size = max((len(s) for r in rows for s in r[4].values()), default=0)
+    choices = torch.full((b, width, size), -1, dtype=torch.long) if size else None
+    for i, (r_ids, r_mask, r_logp, r_turns, r_sets) in enumerate(rows):
         n = len(r_ids)
         ids[i, :n] = torch.tensor(r_ids)
         attn[i, :n] = 1
         mask[i, :n] = torch.tensor(r_mask, dtype=torch.float32)
         logp[i, :n] = torch.tensor(r_logp, dtype=torch.float32)
         turn_ids[i, :n] = torch.tensor(r_turns)
+        for pos, s in r_sets.items():
+            choices[i, pos, : len(s)] = torch.tensor(s)  # type: ignore[index]
     turn_ids[mask == 0] = -1
     # Shift by one: position t predicts token t+1. The first token is never sampled, so nothing is lost.
-    return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turn_ids[:, 1:], torch.tensor(episode, dtype=torch.long))
+    return TokenBatch(ids, attn, mask[:, 1:], logp[:, 1:], turn_ids[:, 1:], torch.tensor(episode, dtype=torch.long),
+                      None if choices is None else choices[:, 1:])
 
 
 def make_batch(backend: Any, trajectories: Sequence[Trajectory], *, history_turns: int | None = None) -> Any:
@@ -385,7 +404,8 @@ def score(backend: Any, batch: Any, *, temperature: float) -> tuple[torch.Tensor
         return score_steps(backend.model, batch)
     device = backend.device
     return backend.sequence_logprobs(
-        batch.input_ids.to(device), batch.attention_mask.to(device), temperature=temperature
+        batch.input_ids.to(device), batch.attention_mask.to(device), temperature=temperature,
+        scored=batch.loss_mask.to(device) > 0, choices=None if batch.choices is None else batch.choices.to(device),
     )
 
 

@@ -63,7 +63,7 @@ from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch, save_policy
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.sft import SFTConfig, SFTTrainer
-from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_span
+from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
 _STATE_METHODS = ("get_state", "set_state", "state_key")
@@ -601,6 +601,7 @@ class ProActTrainer(PPOTrainer):
                         constrained=gen.constrained,
                         valid=not scores.invalid[n],
                         info=info,
+                        choice_sets=gen.choice_sets,
                     )
                 )
         self._scores = scores
@@ -655,6 +656,7 @@ class ProActTrainer(PPOTrainer):
                         reward=traj.turns[t].reward,
                         key=[traj.task, t, b],
                         constrained=traj.constrained,
+                        choice_sets=reply_choice_sets(traj, span),
                     )
                 )
                 where.append((b, t))

@@ -53,10 +53,12 @@ def one_turn_row(
     constrained: bool,
     valid: bool = True,
     info: dict[str, Any] | None = None,
+    choice_sets: Sequence[Sequence[int] | None] | None = None,
 ) -> Trajectory:
     """A one-turn trajectory: prompt tokens (masked out) then reply tokens (in the loss), for ``make_batch``.
 
-    ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``.
+    ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``;
+    ``choice_sets`` are the reply tokens' guided-decoding sets (``Generation.choice_sets``).
     """
     n, r = len(prompt), len(reply)
     observation = source.turns[turn].observation if turn < len(source.turns) else None
@@ -86,7 +88,14 @@ def one_turn_row(
         logprobs=[0.0] * n + [float(x) for x in logprobs],
         segments=[["user", 0, n, 0], ["assistant", n, n + r, 0]],
         constrained=constrained,
+        choice_sets=[[n + j, list(s)] for j, s in enumerate(choice_sets or ()) if s is not None] or None,
     )
+
+
+def reply_choice_sets(trajectory: Trajectory, span: tuple[int, int]) -> list[list[int] | None]:
+    """The guided choice set of each token in ``span`` of the trajectory's sequence (None where free)."""
+    sets = {int(pos): list(ids) for pos, ids in trajectory.choice_sets or ()}
+    return [sets.get(p) for p in range(*span)]
 
 
 def replay_states(env: Any, trajectory: Trajectory) -> list[Any]:

@@ -73,6 +73,9 @@ class Generation:
             (guided decoding finished).
         constrained: True when guided decoding shaped this completion (its log-probs are then those of the
             constrained sampler, not of the free model).
+        choice_sets: per token, the ids guided decoding let it be drawn from (a single id when it was forced), or
+            None where the model chose freely. Trainers score such tokens over that set, as they were sampled.
+            None for the whole completion when the backend does not report it (scored over the vocabulary).
     """
 
     token_ids: list[int]
@@ -82,6 +85,7 @@ class Generation:
     finish_reason: str
     constrained: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    choice_sets: list[tuple[int, ...] | None] | None = None
 
 
 @runtime_checkable

@@ -33,6 +33,7 @@ class Segment:
         turn: the turn the segment belongs to (-1 for the system prompt).
         logprobs: per-token sampling log-probs (assistant segments only).
         entropies: per-token entropies (assistant segments only, when the backend gives them).
+        choice_sets: per-token guided-decoding choice sets (assistant segments only; see ``Generation``).
     """
 
     role: str
@@ -40,6 +41,7 @@ class Segment:
     turn: int
     logprobs: list[float] | None = None
     entropies: list[float] | None = None
+    choice_sets: list[tuple[int, ...] | None] | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Conversation:
                 self.turn,
                 list(generation.logprobs),
                 None if generation.entropies is None else list(generation.entropies),
+                None if generation.choice_sets is None else list(generation.choice_sets),
             )
         )
         self.messages.append({"role": "assistant", "content": generation.text})
@@ -145,3 +148,14 @@ class Conversation:
             mask += [int(trainable)] * len(s.ids)
             logprobs += s.logprobs if trainable and s.logprobs is not None else [0.0] * len(s.ids)
         return ids, mask, logprobs
+
+    def choice_sets(self) -> list[list[Any]] | None:
+        """Guided tokens of the whole sequence as ``[[position, [ids]], ...]`` (None when no reply has any)."""
+        found: list[list[Any]] = []
+        pos = 0
+        for s in self.segments:
+            for j, ids in enumerate(s.choice_sets or ()):
+                if ids is not None:
+                    found.append([pos + j, list(ids)])
+            pos += len(s.ids)
+        return found or None

@@ -266,7 +266,8 @@ class HFBackend:
 
     # ------------------------------------------------------------------ training support
     def sequence_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                          chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                          chunk: int = 256, scored: torch.Tensor | None = None,
+                          choices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob and entropy of each next token under the current parameters (with grad under grad).
 
         Only the decoder runs on the whole sequence; the vocabulary projection and softmax run ``chunk``
@@ -278,10 +279,17 @@ class HFBackend:
             attention_mask: ``[B, T]``, 1 on real tokens.
             temperature: the logits are divided by it (use the sampling temperature; 0 is treated as 1).
             chunk: positions per vocabulary-projection chunk.
+            scored: optional ``[B, T-1]`` mask of the positions the caller uses (a loss mask). Only those go through
+                the vocabulary projection, which otherwise costs as much as a fifth of a small model's pass on
+                prompts where only a few reply tokens are trained; the others come back as 0.
+            choices: optional ``[B, T-1, C]`` ids (-1 padded) that guided decoding drew each next token from
+                (``TokenBatch.choices``). Where a position has any, its log-prob and entropy are those of the
+                distribution renormalised over them, i.e. of the sampler that produced the token (a forced token
+                scores 0); elsewhere the whole vocabulary's.
 
         Returns:
-            ``(logprobs, entropies)``, each ``[B, T-1]``: position t scores token t+1; padded positions are junk
-            and must be masked by the caller.
+            ``(logprobs, entropies)``, each ``[B, T-1]``: position t scores token t+1; padded (and unscored)
+            positions are junk and must be masked by the caller.
         """
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         head = base.get_output_embeddings()
@@ -307,17 +315,37 @@ class HFBackend:
         targets = input_ids[:, 1:]
         scale = 1.0 / temperature if temperature > 0 else 1.0
 
-        def score(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def score(h: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             logits = head(h).float() * scale
             norm = torch.logsumexp(logits, dim=-1)
             probs = torch.softmax(logits, dim=-1)
-            return logits.gather(-1, t[..., None]).squeeze(-1) - norm, norm - (probs * logits).sum(-1)
+            entropy = norm - (probs * logits).sum(-1)
+            if c is not None:  # guided positions: the sampler's distribution, renormalised over the choice set
+                valid = c >= 0
+                sub = logits.gather(-1, c.clamp(min=0)).masked_fill(~valid, float("-inf"))
+                sub_norm = torch.logsumexp(sub, dim=-1)
+                sub_probs = torch.softmax(sub, dim=-1)
+                sub_entropy = sub_norm - (sub_probs * sub.masked_fill(~valid, 0.0)).sum(-1)
+                guided = valid.any(-1)
+                norm = torch.where(guided, sub_norm, norm)
+                entropy = torch.where(guided, sub_entropy, entropy)
+            return logits.gather(-1, t[..., None]).squeeze(-1) - norm, entropy
 
+        sets = choices.to(hidden.device) if choices is not None and choices.shape[-1] > 0 else None
+        if scored is not None:
+            keep = scored.to(hidden.device).bool()
+            hidden, targets = hidden[keep][None], targets[keep][None]  # [1, N, d]: only the used positions
+            sets = None if sets is None else sets[keep][None]
         parts = []
         for start in range(0, hidden.shape[1], chunk):
             h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
-            parts.append(checkpoint(score, h, t, use_reentrant=False) if torch.is_grad_enabled() else score(h, t))
-        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+            c = None if sets is None else sets[:, start:start + chunk]
+            parts.append(checkpoint(score, h, t, c, use_reentrant=False) if torch.is_grad_enabled() else score(h, t, c))
+        logprobs, entropies = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        if scored is None:
+            return logprobs, entropies
+        full = torch.zeros(keep.shape, dtype=logprobs.dtype, device=logprobs.device)
+        return full.masked_scatter(keep, logprobs[0]), full.masked_scatter(keep, entropies[0])
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters an optimizer should update (only the adapter's when LoRA is on)."""

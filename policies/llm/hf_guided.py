@@ -79,6 +79,7 @@ class ChoiceGuide:
                 f"max_new_tokens={params.max_new_tokens} cannot hold the prefix, the longest choice and the suffix "
                 f"({self.reserve} tokens); raise max_new_tokens.")
         self._allowed: dict[tuple[str, int], int | torch.Tensor] = {}
+        self._allowed_ids: dict[tuple[str, int], tuple[int, ...]] = {}
         self._banned: dict[int, torch.Tensor] = {}
 
     def _canonical_ids(self, tokenizer: Any, choice: str) -> list[int]:
@@ -125,7 +126,7 @@ class ChoiceGuide:
         if key not in self._allowed and self.canonical is not None:
             ids = sorted({seq[k] for seq, spelled in self.canonical.values() for k in range(len(seq))
                           if spelled[k] == text})
-            self._allowed[key] = self._as_constraint(ids)
+            self._allowed[key], self._allowed_ids[key] = self._as_constraint(ids), tuple(ids)
         if key not in self._allowed:
             fits, spells = set(), set()
             for choice in (c for c in self.choices if c.startswith(text) and c != text):
@@ -135,8 +136,13 @@ class ChoiceGuide:
                     spells.update(ids)
                     if self.cost(rest[n:]) <= budget - 1:
                         fits.update(ids)
-            self._allowed[key] = self._as_constraint(sorted(fits or spells))
+            ids = sorted(fits or spells)
+            self._allowed[key], self._allowed_ids[key] = self._as_constraint(ids), tuple(ids)
         return self._allowed[key]
+
+    def allowed_ids(self, text: str, budget: int) -> tuple[int, ...]:
+        """The ids ``allowed(text, budget)`` permits (call ``allowed`` first)."""
+        return self._allowed_ids[(text, min(budget, self.reserve + 1))]
 
     def _as_constraint(self, ids: list[int]) -> int | torch.Tensor:
         """A single allowed id is forced; several become an additive mask."""
@@ -175,25 +181,38 @@ class RowState:
         self.choice: str | None = None
         self.queue: list[int] = []  # forced tokens still to emit (the prefix, or the suffix)
         self.matched = 0  # characters of the prefix the free output ends with
+        self.choice_sets: list[tuple[int, ...] | None] = []  # per token: the ids it was drawn from (None: free)
+        self._next_set: tuple[int, ...] | None = None
 
     def add(self, token: int, logprob: float, entropy: float) -> None:
         """Record a chosen token."""
         self.tokens.append(token)
         self.logprobs.append(logprob)
         self.entropies.append(entropy)
+        self.choice_sets.append(self._next_set)
+        self._next_set = None
 
     def constraint(self, max_new_tokens: int) -> int | torch.Tensor | None:
-        """What guided decoding imposes on the next token: a forced id, banned ids, an additive mask, or None."""
+        """What guided decoding imposes on the next token: a forced id, banned ids, an additive mask, or None.
+
+        A forced id or a choice mask is also remembered as the set the next token is drawn from (see
+        ``Generation.choice_sets``); the free part's banned ids are not (its set is nearly the whole vocabulary).
+        """
         guide = self.guide
         if guide is None:
             return None
         remaining = max_new_tokens - len(self.tokens)
         if self.queue:
+            self._next_set = (self.queue[0],)
             return self.queue[0]
         if self.choosing:
-            return guide.allowed(self.text, remaining - len(guide.suffix_ids))
+            budget = remaining - len(guide.suffix_ids)
+            rule = guide.allowed(self.text, budget)
+            self._next_set = (rule,) if isinstance(rule, int) else guide.allowed_ids(self.text, budget)
+            return rule
         if remaining <= guide.reserve:
             self.queue = list(guide.prefix_ids)
+            self._next_set = (self.queue[0],)
             return self.queue[0]
         return guide.banned(self.matched)
 
@@ -231,4 +250,5 @@ class RowState:
             token_ids=self.tokens, logprobs=self.logprobs, entropies=self.entropies,
             text=tokenizer.decode(self.tokens, skip_special_tokens=True), finish_reason=self.finish or "length",
             constrained=self.guide is not None, info={"choice": self.choice} if self.guide is not None else {},
+            choice_sets=list(self.choice_sets) if self.guide is not None else None,
         )

@@ -145,4 +145,5 @@ class EpisodeMemory:
             "segments": segments,
             "context_dropped_turns": self.conversation.dropped_turns,
             "constrained": self.constrained,
+            "choice_sets": self.conversation.choice_sets(),
         }

@@ -318,17 +318,25 @@ def test_shared_prefix_scoring_is_exact_with_gradients(backend, monkeypatch):
     for i, r in enumerate(rows):
         ids[i, : len(r)], att[i, : len(r)] = r, 1
     assert hf._shared_prefix(ids, att) == 40
+    # The loss mask: the last 3 tokens of each row (replies), so the vocabulary projection skips the rest.
+    mask = torch.zeros(3, 48, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        mask[i, len(r) - 4: len(r) - 1] = True
     results = []
-    for threshold in (hf._MIN_SHARED_PREFIX, 10**9):
+    for threshold, scored in ((hf._MIN_SHARED_PREFIX, None), (10**9, None), (hf._MIN_SHARED_PREFIX, mask)):
         monkeypatch.setattr(hf, "_MIN_SHARED_PREFIX", threshold)
         backend.model.zero_grad()
-        logp, ent = backend.sequence_logprobs(ids, att)
-        (logp * att[:, 1:]).sum().backward()
+        logp, ent = backend.sequence_logprobs(ids, att, scored=scored)
+        (logp * mask).sum().backward()
         grads = [p.grad.clone() for p in backend.model.parameters() if p.grad is not None]
         results.append((logp, ent, grads))
-    mask = att[:, 1:].bool()
-    (a, ea, ga), (b, eb, gb) = results
-    torch.testing.assert_close(a[mask], b[mask], atol=1e-4, rtol=0)
-    torch.testing.assert_close(ea[mask], eb[mask], atol=1e-4, rtol=0)
-    assert ga and all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in zip(ga, gb))
+    (a, ea, ga), *others = results
+    assert ga
+    for b, eb, gb in others:
+        torch.testing.assert_close(a[mask], b[mask], atol=1e-4, rtol=0)
+        torch.testing.assert_close(ea[mask], eb[mask], atol=1e-4, rtol=0)
+        assert len(ga) == len(gb) and all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in zip(ga, gb))
+    real = att[:, 1:].bool()
+    torch.testing.assert_close(a[real], results[1][0][real], atol=1e-4, rtol=0)
+    assert not results[2][0][~mask].any(), "unscored positions come back as 0"
     backend.model.zero_grad()

@@ -156,9 +156,12 @@ def test_time_budget_stops_starting_iterations_and_says_so(tmp_path, tiny_backen
     assert "eval/test/success_rate" in records[-1]  # the final evaluation still ran
 
 
-def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_path, tiny_backend):
+@pytest.mark.parametrize("guided", [False, True])
+def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_path, tiny_backend, guided):
     # Memory: 4 turns. With history_turns=1 each prompt holds the system prompt, the previous turn and the new
     # observation; each reply becomes its own row with exactly that prompt, so re-scoring reproduces sampling.
+    # Guided replies are re-scored over the choice sets they were drawn from, so they reproduce the constrained
+    # sampler's log-probs (forced tokens score exactly 0).
     from trainers.common import make_batch
 
     trainer = _trainer(
@@ -168,13 +171,15 @@ def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_p
         "env.id=memory",
         "env.max_turns=4",
         "policy.history_turns=1",
-        "policy.guided=false",  # free decoding: the sampled log-probs are the model's own
+        f"policy.guided={str(guided).lower()}",
         "tasks_per_iteration=2",
         "group_size=2",
     )
     trajectories = trainer.collect(0)
     assert all(t.steps == 4 and t.context_dropped_turns == 2 for t in trajectories)
+    assert all(t.constrained == guided and bool(t.choice_sets) == guided for t in trajectories)
     rows = make_batch(trainer.backend, trajectories, history_turns=1)
+    assert (rows.choices is not None) == guided
     assert rows.episode.tolist() == [i for i in range(len(trajectories)) for _ in range(4)]
     assert [int(r.max()) for r in rows.turn_ids] == [0, 1, 2, 3] * len(trajectories)  # one reply per row
     mask = rows.loss_mask.bool()
