@@ -98,7 +98,8 @@ class TrainerConfig:
     minibatch_size: int = 8
     """Episodes per optimizer step."""
     micro_batch_size: int = 4
-    """Episodes per forward/backward (gradient accumulation inside a minibatch)."""
+    """Episodes per forward/backward (gradient accumulation inside a minibatch; a value above minibatch_size runs
+    each minibatch in one pass)."""
     lr: float = 2e-4
     """AdamW learning rate."""
     weight_decay: float = 0.01
@@ -126,11 +127,6 @@ class TrainerConfig:
         for name in ("minibatch_size", "micro_batch_size", "num_envs", "eval_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
-        if self.micro_batch_size > self.minibatch_size:
-            raise ConfigError(
-                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size={self.minibatch_size}; "
-                "set micro_batch_size <= minibatch_size."
-            )
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr={self.lr} must be a positive number.")
 

@@ -34,8 +34,9 @@ class LoopConfig(PolicyGradientConfig):
     """Tasks per iteration (the paper's 40 on 16 GPUs; 3 suits a 2-core CPU)."""
     minibatch_size: int = 6
     """Rollouts per optimizer step (the paper's 32; scaled with the batch)."""
-    micro_batch_size: int = 3
-    """Rollouts per forward/backward (gradient accumulation)."""
+    micro_batch_size: int = 6
+    """Rollouts (turn rows, with the default one-turn prompts) per forward/backward: the whole minibatch, which
+    shares one pass over the system prompt; lower it for long multi-turn rows (gradient accumulation, same step)."""
     epochs: int = 2
     """Passes over each iteration's rollouts (LOOP's default 2)."""
     clip_eps: float = 0.1

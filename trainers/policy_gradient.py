@@ -236,9 +236,10 @@ class PolicyGradientTrainer:
         """Log-probs of the sampled tokens under the pre-update model, scored exactly like the loss scores them."""
         self.backend.model.eval()
         parts = []
+        chunk = 4 * self.cfg.micro_batch_size  # no activations are kept, so larger batches fit
         with torch.no_grad():
-            for start in range(0, batch.loss_mask.shape[0], self.cfg.micro_batch_size):
-                rows = list(range(start, min(start + self.cfg.micro_batch_size, batch.loss_mask.shape[0])))
+            for start in range(0, batch.loss_mask.shape[0], chunk):
+                rows = list(range(start, min(start + chunk, batch.loss_mask.shape[0])))
                 logp, _ = score(self.backend, batch.select(rows), temperature=self.cfg.policy.temperature)
                 parts.append(torch.nn.functional.pad(logp.float().cpu(), (0, batch.loss_mask.shape[1] - logp.shape[1])))
         return torch.cat(parts)

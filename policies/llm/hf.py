@@ -161,6 +161,8 @@ class HFBackend:
                      guide: ChoiceGuide | None, generator: torch.Generator) -> None:
         # Cross-turn reuse: each row's longest cached prefix is loaded as past keys/values, so the prefill only
         # runs the last `chunk` columns (the tokens added since the row's previous turn, aligned to the right).
+        if self.prefix_cache is not None and len(prompts) > 1:
+            self._cache_common_prefix(prompts)
         reuse = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache is not None else \
             [(0, None)] * len(prompts)
         chunk = max(len(p) - n for p, (n, _) in zip(prompts, reuse))
@@ -198,6 +200,21 @@ class HFBackend:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1],
                              position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
+
+    def _cache_common_prefix(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Run the opening every prompt shares (the system prompt) once and cache its keys/values.
+
+        Each row's prefill then starts after it, unless the row's own history is cached further. With one-turn
+        prompts (``history_turns=0``) nothing else is ever reused, and the system prompt is most of each prompt.
+        """
+        first = prompts[0]
+        limit = min(len(p) for p in prompts) - 1  # a proper prefix of every prompt
+        common = next((i for i in range(limit) if any(p[i] != first[i] for p in prompts[1:])), limit)
+        if common < _MIN_SHARED_PREFIX or len(self.prefix_cache.longest(first[: common + 1]) or ()) >= common:
+            return
+        key = list(first[:common])
+        out = self.model(input_ids=torch.tensor([key], device=self.device), use_cache=True)
+        self.prefix_cache.store(key, extract(out.past_key_values, 0, torch.ones(common, dtype=torch.long)))
 
     def clear_prefix_cache(self) -> None:
         """Forget cached prompt keys/values; call after every change of the weights."""

@@ -40,12 +40,17 @@ class PrefixCache:
         self._entries.clear()
         self._tokens = 0
 
-    def lookup(self, prompt: Sequence[int]) -> tuple[int, LayerKV | None]:
-        """The longest cached proper prefix of ``prompt``: (its length, its KV), or (0, None)."""
+    def longest(self, prompt: Sequence[int]) -> tuple[int, ...] | None:
+        """The key of the longest cached proper prefix of ``prompt`` (None: none), without counting a hit."""
         best: tuple[int, ...] | None = None
         for key in self._entries:
             if len(key) < len(prompt) and (best is None or len(key) > len(best)) and tuple(prompt[:len(key)]) == key:
                 best = key
+        return best
+
+    def lookup(self, prompt: Sequence[int]) -> tuple[int, LayerKV | None]:
+        """The longest cached proper prefix of ``prompt``: (its length, its KV), or (0, None)."""
+        best = self.longest(prompt)
         if best is None:
             return 0, None
         self._entries.move_to_end(best)

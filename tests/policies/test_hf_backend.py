@@ -340,3 +340,26 @@ def test_shared_prefix_scoring_is_exact_with_gradients(backend, monkeypatch):
     torch.testing.assert_close(a[real], results[1][0][real], atol=1e-4, rtol=0)
     assert not results[2][0][~mask].any(), "unscored positions come back as 0"
     backend.model.zero_grad()
+
+
+def test_common_prompt_opening_runs_once_and_changes_nothing(tokenizer, prompts):
+    # Prompts that open alike (a system prompt) share one cached prefill of that opening; samples, log-probs and
+    # entropies are those of a backend that reuses nothing.
+    from policies.llm.hf_prefix import PrefixCache
+
+    opening = tokenizer.encode("You are playing a game. Rules: push boxes onto targets, one move per turn. " * 2,
+                               add_special_tokens=False)
+    rows = [opening + p for p in prompts]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=5, choices=CHOICES)
+    results = {}
+    for reuse in (False, True):
+        b = HFBackend.from_model(tiny_model(tokenizer, seed=2), tokenizer)
+        b.prefix_cache = PrefixCache() if reuse else None
+        results[reuse] = (b.generate(rows, params), b.prefix_cache)
+    (plain, _), (shared, cache) = results[False], results[True]
+    assert cache.hits == len(rows) and cache.reused_tokens == len(rows) * len(opening)
+    for a, c in zip(plain, shared, strict=True):
+        assert a.token_ids == c.token_ids
+        assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
+        assert a.entropies == pytest.approx(c.entropies, abs=1e-4)
+        assert a.choice_sets == c.choice_sets and any(s is not None and len(s) > 1 for s in c.choice_sets)
