@@ -351,6 +351,9 @@ class HFBackend:
         sets = choices.to(hidden.device) if choices is not None and choices.shape[-1] > 0 else None
         if scored is not None:
             keep = scored.to(hidden.device).bool()
+            if not bool(keep.any()):  # nothing to score: zeros that still hang on the graph (a loss on them is 0)
+                zeros = torch.zeros(keep.shape, device=hidden.device) + hidden.sum() * 0.0
+                return zeros, zeros
             hidden, targets = hidden[keep][None], targets[keep][None]  # [1, N, d]: only the used positions
             sets = None if sets is None else sets[keep][None]
         parts = []

@@ -339,6 +339,12 @@ def test_shared_prefix_scoring_is_exact_with_gradients(backend, monkeypatch):
     real = att[:, 1:].bool()
     torch.testing.assert_close(a[real], results[1][0][real], atol=1e-4, rtol=0)
     assert not results[2][0][~mask].any(), "unscored positions come back as 0"
+    # A batch with nothing to score gives zeros a loss can still backpropagate through (all-zero gradients).
+    backend.model.zero_grad()
+    logp, _ = backend.sequence_logprobs(ids, att, scored=torch.zeros_like(mask))
+    assert not logp.any()
+    logp.sum().backward()
+    assert all(not p.grad.any() for p in backend.model.parameters() if p.grad is not None)
     backend.model.zero_grad()
 
 
