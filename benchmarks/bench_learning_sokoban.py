@@ -60,11 +60,12 @@ def read_run(path: Path) -> dict:
 
 
 def doubling(curve: list[tuple[int, float, float | None]]) -> str:
-    """When dev success first reached twice its start (or 'not reached')."""
+    """When dev success first reached twice its start (or 'not reached'; a start of 0 has no double)."""
     start = curve[0][1]
     for step, rate, seconds in curve[1:]:
         if rate >= max(2 * start, start + 1e-9) and rate > 0:
-            return f"step {step}" + (f" ({seconds / 60:.1f} min)" if seconds else "")
+            when = f"step {step}" + (f" ({seconds / 60:.1f} min)" if seconds else "")
+            return when if start > 0 else f"undefined (start 0; first success at {when})"
     return "not reached"
 
 
