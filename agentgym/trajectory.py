@@ -108,6 +108,10 @@ class Trajectory:
         """Tokens the policy generated in this episode."""
         return sum(t.response_tokens for t in self.turns)
 
+    def choice_set_at(self) -> dict[int, list[int]]:
+        """``choice_sets`` as a map from token position to the ids that token was drawn from."""
+        return {int(pos): list(ids) for pos, ids in self.choice_sets or ()}
+
     @property
     def invalid_actions(self) -> int:
         """Steps whose action the env could not use."""

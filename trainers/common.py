@@ -298,11 +298,6 @@ class TokenBatch:
 Row = tuple[list[int], list[int], list[float], list[int], dict[int, list[int]]]
 
 
-def _choice_sets(t: Trajectory) -> dict[int, list[int]]:
-    """Position -> guided choice set of the trajectory's tokens."""
-    return {int(pos): list(ids) for pos, ids in t.choice_sets or ()}
-
-
 def _turn_rows(t: Trajectory, history_turns: int) -> list[Row]:
     """One row per reply, each with exactly the prompt the policy generated it from.
 
@@ -311,7 +306,7 @@ def _turn_rows(t: Trajectory, history_turns: int) -> list[Row]:
     in a row are context, so only turn ``k``'s reply is in that row's loss mask.
     """
     spans = [(role, a, b, turn) for role, a, b, turn in t.segments or ()]
-    sets = _choice_sets(t)
+    sets = t.choice_set_at()
     rows = []
     for role, a, b, k in spans:
         if role != "assistant":
@@ -353,7 +348,7 @@ def token_batch(trajectories: Sequence[Trajectory], pad_id: int, *, history_turn
             for role, start, end, turn in t.segments or ():
                 if role == "assistant":
                     turns[start:end] = [turn] * (end - start)
-            per_turn = [(t.token_ids, t.loss_mask, t.logprobs, turns, _choice_sets(t))]
+            per_turn = [(t.token_ids, t.loss_mask, t.logprobs, turns, t.choice_set_at())]
         rows += per_turn
         episode += [i] * len(per_turn)
     width = max(len(r[0]) for r in rows)

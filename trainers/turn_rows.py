@@ -94,7 +94,7 @@ def one_turn_row(
 
 def reply_choice_sets(trajectory: Trajectory, span: tuple[int, int]) -> list[list[int] | None]:
     """The guided choice set of each token in ``span`` of the trajectory's sequence (None where free)."""
-    sets = {int(pos): list(ids) for pos, ids in trajectory.choice_sets or ()}
+    sets = trajectory.choice_set_at()
     return [sets.get(p) for p in range(*span)]
 
 
