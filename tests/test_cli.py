@@ -112,7 +112,7 @@ def test_train_config_keeps_the_trainer_defaults_it_is_not_told_to_change():
 
     # The README's main job: --env names the default env, which keeps its preset, shaping and turn budget.
     cfg = resolve_config(LoopConfig, env="sokoban")
-    assert cfg.env.kwargs == {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2}
+    assert cfg.env.kwargs == {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2, "text_positions": True}
     assert cfg.env.max_turns == 10 and cfg.policy.lora and cfg.policy.history_turns == 0
     # --env-kwargs and --set env.kwargs.KEY add to the default kwargs; --set policy.X keeps LOOP's policy section.
     cfg = resolve_config(
@@ -121,7 +121,7 @@ def test_train_config_keeps_the_trainer_defaults_it_is_not_told_to_change():
         env_kwargs={"preset": "easy"},
         overrides=["env.kwargs.distance_reward=0", "policy.temperature=0.7"],
     )
-    assert cfg.env.kwargs == {"preset": "easy", "distance_reward": 0, "approach_reward": 0.2}
+    assert cfg.env.kwargs == {"preset": "easy", "distance_reward": 0, "approach_reward": 0.2, "text_positions": True}
     assert cfg.policy.temperature == 0.7 and cfg.policy.lora and cfg.policy.history_turns == 0
     # Another env starts from no kwargs (Sokoban's preset means nothing to 2048) but keeps the turn budget.
     cfg = resolve_config(LoopConfig, env="game2048", env_kwargs={"size": 3})

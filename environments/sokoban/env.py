@@ -75,7 +75,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     ``obs_mode="struct"``: ``Box(0, 1, (4, H, W), uint8)`` planes: 0 wall (cells outside the room included),
     1 target, 2 box, 3 player. ``"text"``: the grid in XSB symbols (``text_style="xsb"``: ``#`` wall, ``-``
     floor, ``.`` target, ``$`` box, ``*`` box on target, ``@`` player, ``+`` player on target) or RAGEN symbols
-    (``text_style="ragen"``: ``# _ O X √ P S``), followed by a legend line. ``"dict"``: both. ``render_rgb()``
+    (``text_style="ragen"``: ``# _ O X √ P S``), with ``text_positions=True`` a line of positions and offsets
+    from the player, then a legend line. ``"dict"``: both. ``render_rgb()``
     draws 16-pixel tiles (``render_mode="rgb_array"``). For a level file, H and W are the largest level's and
     smaller levels are padded with walls at the bottom and right (the text view shows each level at its size).
 
@@ -115,6 +116,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     * ``approach_reward``: coefficient of the player-to-box shaping above (default 0: off).
     * ``max_steps``: episode limit (default: the preset's, 500 for level files).
     * ``text_style``: "xsb" (default) or "ragen".
+    * ``text_positions``: add a line after the grid with the player's (row, column) and each box's and free
+      target's position and offset from the player, e.g. ``box (2, 2), 1 left of you`` (default False).
     * ``oracle_time_limit``: seconds the oracle may search per plan (default 30).
     * ``obs_mode``, ``invalid_action_penalty``, ``render_mode``: see ``AgentEnv``.
 
@@ -129,7 +132,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
     def __init__(self, preset: str = "easy", *, dim_room: tuple[int, int] | None = None,
                  num_boxes: int | None = None, level_file: str | Path | None = None, reward_mode: str = "gym",
                  distance_reward: float = 0.0, approach_reward: float = 0.0, max_steps: int | None = None,
-                 text_style: str = "xsb", oracle_time_limit: float = 30.0, obs_mode: str = "dict",
+                 text_style: str = "xsb", text_positions: bool = False, oracle_time_limit: float = 30.0, obs_mode: str = "dict",
                  invalid_action_penalty: float = 0.0, render_mode: str | None = None) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         if reward_mode not in REWARD_MODES:
@@ -137,6 +140,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
         if text_style not in render.TEXT_STYLES:
             raise ValueError(f"text_style={text_style!r} is not one of {render.TEXT_STYLES}.")
         self.reward_mode, self.text_style, self.oracle_time_limit = reward_mode, text_style, oracle_time_limit
+        if not isinstance(text_positions, bool):
+            raise ValueError(f"text_positions={text_positions!r} must be true or false.")
+        self.text_positions = text_positions
         if not np.isfinite(distance_reward) or distance_reward < 0:
             raise ValueError(f"distance_reward={distance_reward!r} must be a finite coefficient >= 0 (0: no shaping).")
         self.distance_reward = float(distance_reward)
@@ -153,7 +159,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
             raise ValueError(f"max_steps={max_steps!r} must be a positive number of steps.")
         h, w = self.height, self.width
         self.size = h * w
-        self.text_max_length = (w + 1) * h + 200
+        self.text_max_length = (w + 1) * h + 200 + (40 + 45 * 2 * h * w if text_positions else 0)
         self.text_charset = frozenset(BASE_CHARSET | {"√"})
         self.action_space = spaces.Discrete(4)
         self._build_observation_space(spaces.Box(0, 1, (4, h, w), np.uint8))
@@ -325,6 +331,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
         outside = self._level.outside if self._level is not None else b""
         grid = render.text_grid(self._grid, self.size, self.width, self._rows, self._cols, outside,
                                 self.text_style)
+        if self.text_positions:
+            grid += "\n" + render.positions_line(self._grid, self.size, self.width, self._rows, self._cols)
         return f"{grid}\n{render.LEGENDS[self.text_style]}"
 
     def render_rgb(self) -> np.ndarray:
@@ -340,6 +348,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
             "if the cell beyond it is free; boxes cannot be pulled, and a box pushed into a corner can never "
             "be moved out, so plan ahead. The puzzle is solved when every box is on a target. "
             "Answer with one action, e.g. <answer>Left</answer>."
+            + (" Below the grid, positions are given as (row, column), counted from 0 at the top left, with each "
+               "box's and target's offset from you." if self.text_positions else "")
         )
 
     def parse_action(self, text: str) -> int | None:

@@ -393,6 +393,32 @@ def test_golden_text_views():
     assert set(ragen.text_observation()) <= ragen.text_charset
 
 
+def test_positions_line_gives_offsets_from_the_player():
+    env = SokobanEnv(obs_mode="text", text_positions=True)
+    obs, _ = env.reset(seed=0, options={"task": 7})
+    lines = obs.splitlines()
+    assert lines[4] == "#@$-.#"
+    assert lines[6] == ("Positions (row, column): you (4, 1); box (4, 2), 1 right of you; "
+                        "target (4, 4), 3 right of you.")
+    env.step(UP)
+    assert env.text_observation().splitlines()[6] == (
+        "Positions (row, column): you (3, 1); box (4, 2), 1 down and 1 right of you; "
+        "target (4, 4), 1 down and 3 right of you.")
+    env.step(DOWN)
+    env.step(RIGHT)
+    env.step(RIGHT)  # the box reaches the target: no free target is left to list
+    assert env.text_observation().splitlines()[6] == (
+        "Positions (row, column): you (4, 3); box on target (4, 4), 1 right of you.")
+    assert set(env.text_observation()) <= env.text_charset
+    assert len(env.text_observation()) <= env.text_max_length
+    # The grid and the legend are unchanged; the default adds no line.
+    plain = SokobanEnv(obs_mode="text")
+    plain.reset(seed=0, options={"task": 7})
+    assert [ln for ln in obs.splitlines() if not ln.startswith("Positions")] == plain.text_observation().splitlines()
+    with pytest.raises(ValueError, match="text_positions='yes'"):
+        SokobanEnv(text_positions="yes")
+
+
 def test_struct_and_rgb_views():
     env = SokobanEnv(preset="small", obs_mode="struct", render_mode="rgb_array")
     obs, info = env.reset(seed=3)
