@@ -132,8 +132,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     def __init__(self, preset: str = "easy", *, dim_room: tuple[int, int] | None = None,
                  num_boxes: int | None = None, level_file: str | Path | None = None, reward_mode: str = "gym",
                  distance_reward: float = 0.0, approach_reward: float = 0.0, max_steps: int | None = None,
-                 text_style: str = "xsb", text_positions: bool = False, oracle_time_limit: float = 30.0, obs_mode: str = "dict",
-                 invalid_action_penalty: float = 0.0, render_mode: str | None = None) -> None:
+                 text_style: str = "xsb", text_positions: bool = False, oracle_time_limit: float = 30.0,
+                 obs_mode: str = "dict", invalid_action_penalty: float = 0.0, render_mode: str | None = None) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode={reward_mode!r} is not one of {REWARD_MODES}.")
