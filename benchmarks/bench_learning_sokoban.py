@@ -6,7 +6,12 @@ everything else default, or what ``--set`` adds), each in its own process, then 
 
 * held-out success (dev and test splits, the trainer's own evaluation) at the start and at the end;
 * a one-sided exact test that end > start on the pooled test episodes (Fisher's exact test on the 2x2 table);
-* the first evaluation step at which dev success reached twice the starting rate, and the minutes it took.
+* the first evaluation step at which dev success reached twice the starting rate, and the minutes it took;
+* move quality, a finer measure than success on the same held-out episodes: the share of moves, made from a
+  solvable unsolved position, that are on a shortest solution (the move-optimal distance to solved drops by one;
+  breadth-first search per position), and the share of episodes that push a box into a deadlock; the pooled
+  change from start to end gets a 95% interval from a bootstrap over episodes (moves within an episode are not
+  independent).
 
 Usage::
 
@@ -25,6 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from environments.sokoban.env import ACTION_WORDS  # noqa: E402
+from environments.sokoban.oracle import solve_moves  # noqa: E402
+from environments.sokoban.xsb import Level, build_level  # noqa: E402
 
 
 def fisher_one_sided(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
@@ -57,6 +67,98 @@ def read_run(path: Path) -> dict:
         "train_success": [round(r.get("success_rate", 0.0), 2) for r in iterations],
         "minutes": (end["time"] - t0) / 60,
     }
+
+
+def _grid(observation: str) -> Level:
+    rows = []
+    for line in observation.splitlines():
+        if line.startswith(("Positions", "Legend")):
+            break
+        rows.append(line)
+    return build_level(rows)
+
+
+def _successor(level: Level, player: int, boxes: tuple[int, ...], action: int) -> tuple[int, tuple[int, ...]]:
+    """The env's rule: step unless a wall is there; a box moves on when the cell beyond is free."""
+    delta = (-level.width, level.width, -1, 1)[action]
+    nxt = player + delta
+    if level.walls[nxt]:
+        return player, boxes
+    if nxt in boxes:
+        beyond = nxt + delta
+        if level.walls[beyond] or beyond in boxes:
+            return player, boxes
+        return nxt, tuple(sorted(beyond if b == nxt else b for b in boxes))
+    return nxt, boxes
+
+
+def episode_moves(record: dict, cache: dict) -> tuple[list[tuple[bool, float]], bool]:
+    """Per move from a solvable, unsolved position: (on a shortest solution, share of the four actions that
+    are); and whether the episode pushed a box into a deadlock."""
+    turns = record["turns"]
+    level = _grid(turns[0]["observation"])
+
+    def distance(player: int, boxes: tuple[int, ...]) -> int | None:
+        key = (level.walls, level.targets, player, boxes)
+        if key not in cache:
+            result = solve_moves(level, boxes=boxes, player=player)
+            cache[key] = result.moves if result.solved else None
+        return cache[key]
+
+    def on_path(here: int, state: tuple[int, tuple[int, ...]]) -> bool:
+        after = distance(*state)
+        return after is not None and after == here - 1
+
+    player, boxes = level.player, tuple(level.boxes)
+    moves, deadlocked = [], False
+    for i, turn in enumerate(turns):
+        action = ACTION_WORDS.get((turn["action"] or "").strip().lower())
+        nxt = (player, boxes) if action is None else _successor(level, player, boxes, action)
+        if i + 1 < len(turns):  # the replay must reproduce the next observation
+            seen = _grid(turns[i + 1]["observation"])
+            assert (seen.player, tuple(seen.boxes)) == nxt, f"replay diverged at turn {i + 1} of task {record['task']}"
+        here = distance(player, boxes)
+        if here:  # solvable and not yet solved
+            share = sum(on_path(here, _successor(level, player, boxes, a)) for a in range(4)) / 4
+            moves.append((on_path(here, nxt), share))
+            deadlocked |= distance(*nxt) is None
+        player, boxes = nxt
+    return moves, deadlocked
+
+
+def move_quality(run: Path, when: str) -> list[tuple[list[tuple[bool, float]], bool]]:
+    """Per held-out episode (dev and test) at ``when`` ("start" or "end"): its moves and whether it deadlocked."""
+    cache: dict = {}
+    episodes = []
+    for split in ("dev", "test"):
+        path = run / "samples" / f"eval-{split}-{when}.jsonl"
+        for line in path.read_text().splitlines():
+            if line.strip():
+                episodes.append(episode_moves(json.loads(line), cache))
+    return episodes
+
+
+def _rates(episodes: list) -> tuple[float, float, int, float]:
+    """Shortest-solution share of moves, deadlocked share of episodes, moves, and the share a uniformly random
+    choice would have had at the same positions."""
+    moves = [m for ep, _ in episodes for m in ep]
+    n = max(len(moves), 1)
+    return (sum(o for o, _ in moves) / n, sum(d for _, d in episodes) / max(len(episodes), 1), len(moves),
+            sum(u for _, u in moves) / n)
+
+
+def bootstrap_difference(before: list, after: list, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of (after - before) shortest-solution share of moves, resampling episodes."""
+    import random
+
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(draws):
+        b = [before[rng.randrange(len(before))] for _ in before]
+        a = [after[rng.randrange(len(after))] for _ in after]
+        diffs.append(_rates(a)[0] - _rates(b)[0])
+    diffs.sort()
+    return diffs[int(0.025 * draws)], diffs[int(0.975 * draws) - 1]
 
 
 def doubling(curve: list[tuple[int, float, float | None]]) -> str:
@@ -106,6 +208,25 @@ def main() -> None:
         p = fisher_one_sided(a, n, b, n)
         print(f"pooled {split}: {a}/{n} = {a / n:.1%} before -> {b}/{n} = {b / n:.1%} after; "
               f"one-sided Fisher p = {p:.3f}")
+    print("move quality (held-out dev + test episodes): shortest-solution moves / moves from solvable positions "
+          "(a uniformly random choice at the same positions); episodes with a deadlock")
+    pooled: dict[str, list] = {"start": [], "end": []}
+    for seed in args.seeds:
+        cells = []
+        for when in ("start", "end"):
+            episodes = move_quality(out / f"seed{seed}", when)
+            pooled[when] += episodes
+            optimal, deadlock, moves, uniform = _rates(episodes)
+            cells.append(f"{when} {optimal:.1%} of {moves} moves ({uniform:.1%}), deadlock {deadlock:.0%}")
+        print(f"  seed {seed}: " + "; ".join(cells))
+    (b_opt, b_dead, b_n, b_uni), (a_opt, a_dead, a_n, a_uni) = _rates(pooled["start"]), _rates(pooled["end"])
+    low, high = bootstrap_difference(pooled["start"], pooled["end"])
+    n_b, n_a = len(pooled["start"]), len(pooled["end"])
+    # One-sided Fisher test that deadlocks became rarer: count the episodes that stayed clear of one.
+    p_dead = fisher_one_sided(round((1 - b_dead) * n_b), n_b, round((1 - a_dead) * n_a), n_a)
+    print(f"  pooled: {b_opt:.1%} of {b_n} moves ({b_uni:.1%}) -> {a_opt:.1%} of {a_n} ({a_uni:.1%}); change "
+          f"{a_opt - b_opt:+.1%} (95% bootstrap interval {low:+.1%} to {high:+.1%}); deadlocked episodes "
+          f"{round(b_dead * n_b)}/{n_b} -> {round(a_dead * n_a)}/{n_a} (one-sided Fisher p = {p_dead:.3f})")
 
 
 if __name__ == "__main__":
