@@ -72,7 +72,7 @@ def read_run(path: Path) -> dict:
 def _grid(observation: str) -> Level:
     rows = []
     for line in observation.splitlines():
-        if line.startswith(("Positions", "Legend")):
+        if any(ch.isalpha() for ch in line):  # the offsets line or the legend: XSB rows have no letters
             break
         rows.append(line)
     return build_level(rows)

@@ -93,8 +93,8 @@ class TrainerConfig:
     """The env and episode budget. The default env starts from its easiest preset, with potential-based
     shaping toward boxes on targets (``distance_reward``) and the player toward a box (``approach_reward``): both
     telescope, so they leave optimal policies and success unchanged, and they give groups of failed episodes
-    different returns, i.e. a learning signal. Its boards add a line of positions with each box's and target's
-    offset from the player (``text_positions``), which a small model reads more easily than columns of a grid;
+    different returns, i.e. a learning signal. Its boards add a line of offsets, the box from the player and
+    its target from the box (``text_positions``), which a small model reads more easily than columns of a grid;
     another --env starts from no kwargs."""
     policy: PolicySection = field(default_factory=PolicySection)
     """The policy being trained."""

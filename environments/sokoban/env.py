@@ -75,8 +75,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     ``obs_mode="struct"``: ``Box(0, 1, (4, H, W), uint8)`` planes: 0 wall (cells outside the room included),
     1 target, 2 box, 3 player. ``"text"``: the grid in XSB symbols (``text_style="xsb"``: ``#`` wall, ``-``
     floor, ``.`` target, ``$`` box, ``*`` box on target, ``@`` player, ``+`` player on target) or RAGEN symbols
-    (``text_style="ragen"``: ``# _ O X √ P S``), with ``text_positions=True`` a line of positions and offsets
-    from the player, then a legend line. ``"dict"``: both. ``render_rgb()``
+    (``text_style="ragen"``: ``# _ O X √ P S``), with ``text_positions=True`` a line of offsets (box from
+    player, target from box), then a legend line. ``"dict"``: both. ``render_rgb()``
     draws 16-pixel tiles (``render_mode="rgb_array"``). For a level file, H and W are the largest level's and
     smaller levels are padded with walls at the bottom and right (the text view shows each level at its size).
 
@@ -116,8 +116,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     * ``approach_reward``: coefficient of the player-to-box shaping above (default 0: off).
     * ``max_steps``: episode limit (default: the preset's, 500 for level files).
     * ``text_style``: "xsb" (default) or "ragen".
-    * ``text_positions``: add a line after the grid with the player's (row, column) and each box's and free
-      target's position and offset from the player, e.g. ``box (2, 2), 1 left of you`` (default False).
+    * ``text_positions``: add a line after the grid with each box's offset from the player and its nearest free
+      target's offset from the box, e.g. ``Box 1 left of you, target 1 up of it.`` (default False).
     * ``oracle_time_limit``: seconds the oracle may search per plan (default 30).
     * ``obs_mode``, ``invalid_action_penalty``, ``render_mode``: see ``AgentEnv``.
 
@@ -159,7 +159,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
             raise ValueError(f"max_steps={max_steps!r} must be a positive number of steps.")
         h, w = self.height, self.width
         self.size = h * w
-        self.text_max_length = (w + 1) * h + 200 + (40 + 45 * 2 * h * w if text_positions else 0)
+        self.text_max_length = (w + 1) * h + 200 + (60 * h * w if text_positions else 0)
         self.text_charset = frozenset(BASE_CHARSET | {"√"})
         self.action_space = spaces.Discrete(4)
         self._build_observation_space(spaces.Box(0, 1, (4, h, w), np.uint8))
@@ -348,8 +348,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
             "if the cell beyond it is free; boxes cannot be pulled, and a box pushed into a corner can never "
             "be moved out, so plan ahead. The puzzle is solved when every box is on a target. "
             "Answer with one action, e.g. <answer>Left</answer>."
-            + (" Below the grid, positions are given as (row, column), counted from 0 at the top left, with each "
-               "box's and target's offset from you." if self.text_positions else "")
+            + (" Below the grid: where each box is from you, and its target from the box." if self.text_positions
+               else "")
         )
 
     def parse_action(self, text: str) -> int | None:

@@ -7,9 +7,9 @@ Text styles:
 * ``"ragen"``: the symbol grid of RAGEN's text Sokoban (``#`` wall, ``_`` floor, ``O`` target, ``X`` box, ``√`` box on
   target, ``P`` player, ``S`` player on target), unpadded, with the same kind of legend.
 
-``positions_line`` adds, on request, where things are: the player's (row, column), and each box and each free
-target with its offset from the player in direction words ("1 up and 2 left of you"). RAGEN's text Sokoban has a
-coordinate format too; the offsets spare a small model reading vertical relations off a grid.
+``positions_line`` adds, on request, where things are, in direction words: each box's offset from the player and
+its nearest free target's offset from the box ("Box 1 up of you, target 2 left of it"). RAGEN's text Sokoban has
+a coordinate format too; offsets spare a small model reading vertical relations off a grid, in few tokens.
 
 The RGB view draws 16-pixel tiles with numpy (no pygame): one lookup of precomputed tiles per cell.
 """
@@ -61,30 +61,36 @@ def text_grid(grid: bytearray | bytes, size: int, width: int, rows: int, cols: i
     return "\n".join(lines)
 
 
-def _offset(dr: int, dc: int) -> str:
+def _offset(dr: int, dc: int, whom: str) -> str:
     parts = [f"{abs(dr)} {'up' if dr < 0 else 'down'}"] if dr else []
     if dc:
         parts.append(f"{abs(dc)} {'left' if dc < 0 else 'right'}")
-    return " and ".join(parts) + " of you" if parts else "under you"
+    return " and ".join(parts) + f" of {whom}" if parts else f"under {whom}"
 
 
 def positions_line(grid: bytearray | bytes, size: int, width: int, rows: int, cols: int) -> str:
-    """Where the player, the boxes and the free targets are, row-major, rows and columns counted from 0.
+    """Where each box is from the player, and where the nearest free target is from each unplaced box.
 
-    Example: ``Positions (row, column): you (2, 3); box (2, 2), 1 left of you; target (1, 2), 1 up and 1 left
-    of you.`` A box on a target reads ``box on target``; a target under the player is listed as ``under you``.
+    Example: ``Box 1 up and 1 right of you, target 2 left of it.`` The first offset says where to walk, the
+    second which way to push. A box on a target reads ``box on target 1 left of you``. The nearest target is by
+    Manhattan distance, ties to the first in row-major order.
     """
     cells = [(r, c, r * width + c) for r in range(rows) for c in range(cols)]
     pr, pc = next((r, c) for r, c, i in cells if grid[3 * size + i])
-    items = [f"you ({pr}, {pc})"]
+    free = [(r, c) for r, c, i in cells if grid[size + i] and not grid[2 * size + i]]
+    items = []
     for r, c, i in cells:
-        if grid[2 * size + i]:
-            kind = "box on target" if grid[size + i] else "box"
-            items.append(f"{kind} ({r}, {c}), {_offset(r - pr, c - pc)}")
-    for r, c, i in cells:
-        if grid[size + i] and not grid[2 * size + i]:
-            items.append(f"target ({r}, {c}), {_offset(r - pr, c - pc)}")
-    return "Positions (row, column): " + "; ".join(items) + "."
+        if not grid[2 * size + i]:
+            continue
+        if grid[size + i]:
+            items.append(f"box on target {_offset(r - pr, c - pc, 'you')}")
+            continue
+        item = f"box {_offset(r - pr, c - pc, 'you')}"
+        if free:
+            tr, tc = min(free, key=lambda t: abs(t[0] - r) + abs(t[1] - c))
+            item += f", target {_offset(tr - r, tc - c, 'it')}"
+        items.append(item)
+    return "; ".join(items).capitalize() + "."
 
 
 def _tiles() -> np.ndarray:

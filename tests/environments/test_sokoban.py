@@ -393,28 +393,29 @@ def test_golden_text_views():
     assert set(ragen.text_observation()) <= ragen.text_charset
 
 
-def test_positions_line_gives_offsets_from_the_player():
+def test_positions_line_gives_box_from_player_and_target_from_box():
     env = SokobanEnv(obs_mode="text", text_positions=True)
     obs, _ = env.reset(seed=0, options={"task": 7})
     lines = obs.splitlines()
     assert lines[4] == "#@$-.#"
-    assert lines[6] == ("Positions (row, column): you (4, 1); box (4, 2), 1 right of you; "
-                        "target (4, 4), 3 right of you.")
+    assert lines[6] == "Box 1 right of you, target 2 right of it."
     env.step(UP)
-    assert env.text_observation().splitlines()[6] == (
-        "Positions (row, column): you (3, 1); box (4, 2), 1 down and 1 right of you; "
-        "target (4, 4), 1 down and 3 right of you.")
+    assert env.text_observation().splitlines()[6] == "Box 1 down and 1 right of you, target 2 right of it."
     env.step(DOWN)
     env.step(RIGHT)
     env.step(RIGHT)  # the box reaches the target: no free target is left to list
-    assert env.text_observation().splitlines()[6] == (
-        "Positions (row, column): you (4, 3); box on target (4, 4), 1 right of you.")
+    assert env.text_observation().splitlines()[6] == "Box on target 1 right of you."
     assert set(env.text_observation()) <= env.text_charset
     assert len(env.text_observation()) <= env.text_max_length
     # The grid and the legend are unchanged; the default adds no line.
     plain = SokobanEnv(obs_mode="text")
     plain.reset(seed=0, options={"task": 7})
-    assert [ln for ln in obs.splitlines() if not ln.startswith("Positions")] == plain.text_observation().splitlines()
+    assert lines[:6] + lines[7:] == plain.text_observation().splitlines()
+    # Two boxes: each gets its nearest free target.
+    two = SokobanEnv("small", obs_mode="text", text_positions=True)
+    assert two.reset(seed=1)[0].splitlines()[7] == (
+        "Box 1 up and 2 right of you, target 1 up and 1 left of it; "
+        "box 1 up and 3 right of you, target 1 up and 2 left of it.")
     with pytest.raises(ValueError, match="text_positions='yes'"):
         SokobanEnv(text_positions="yes")
 
