@@ -62,10 +62,11 @@ def text_grid(grid: bytearray | bytes, size: int, width: int, rows: int, cols: i
 
 
 def _offset(dr: int, dc: int, whom: str) -> str:
+    """``dr, dc`` (never both 0: a box shares no cell with the player or a free target) in direction words."""
     parts = [f"{abs(dr)} {'up' if dr < 0 else 'down'}"] if dr else []
     if dc:
         parts.append(f"{abs(dc)} {'left' if dc < 0 else 'right'}")
-    return " and ".join(parts) + f" of {whom}" if parts else f"under {whom}"
+    return " and ".join(parts) + f" of {whom}"
 
 
 def positions_line(grid: bytearray | bytes, size: int, width: int, rows: int, cols: int) -> str:
