@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import subprocess
 import sys
 import time
@@ -149,8 +150,6 @@ def _rates(episodes: list) -> tuple[float, float, int, float]:
 
 def bootstrap_difference(before: list, after: list, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% interval of (after - before) shortest-solution share of moves, resampling episodes."""
-    import random
-
     rng = random.Random(seed)
     diffs = []
     for _ in range(draws):
