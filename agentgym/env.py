@@ -78,6 +78,10 @@ class AgentEnv(gym.Env, Generic[StateT]):
             "text": text,
         }[self.obs_mode]
 
+    def observation(self) -> Any:
+        """The observation of the current state in ``obs_mode`` (e.g. after ``set_state``)."""
+        return self._observation()
+
     def _observation(self) -> Any:
         if self.obs_mode == "struct":
             return self._struct_obs()

@@ -160,6 +160,7 @@ class RolloutEngine:
             group=group,
             split=str(info.get("split", "")),
             difficulty=info.get("difficulty"),
+            start_moves=int(info.get("start_moves", 0)),
             task_name=names[int(task)] if names else None,
             policy=self.policy_name,
         )

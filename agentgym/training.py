@@ -62,6 +62,7 @@ def resolve_config(
         env_id = spec(env).id
         if not resume and env_id != spec(base["env"]["id"]).id:
             base["env"]["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
+            base["env"]["oracle_starts"] = 0.0  # nor does its curriculum (another env may have no oracle)
             if spec(env_id).policy is not None:  # a neural policy plays the env's whole episode (a fleet's day)
                 base["env"]["max_turns"] = None
         base.setdefault("env", {})["id"] = env_id

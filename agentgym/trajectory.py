@@ -70,7 +70,8 @@ class Trajectory:
     constrained sampler rather than of the free model; ``choice_sets`` (``[[position, [ids]], ...]``) says which
     ids each guided token was drawn from, so a trainer can score it over that set. For a neural policy (no
     tokens), ``logprobs`` holds the joint log-prob of each step's action and ``observations`` each step's raw
-    observation.
+    observation. ``start_moves`` > 0 means a training curriculum started the episode that many oracle moves into
+    the task (``agentgym.curriculum.OracleStarts``) rather than at its start.
     """
 
     env_id: str
@@ -81,6 +82,7 @@ class Trajectory:
     difficulty: str | None = None
     task_name: str | None = None
     policy: str = ""
+    start_moves: int = 0
     turns: list[Turn] = field(default_factory=list)
     episode_return: float = 0.0
     success: bool = False

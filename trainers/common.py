@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -30,6 +30,23 @@ class EnvSection:
     max_turns: int | None = 8
     """Turn budget per episode; episodes reaching it are truncated (and scored as failures). None: the env's own
     limit (the default for envs whose default policy is neural, e.g. a fleet's whole day)."""
+    oracle_starts: float = 0.0
+    """Share of training episodes that start at a random state on the oracle's path to the goal instead of at
+    the task's start (a start-state curriculum, see ``agentgym.curriculum``; needs an env with an oracle and
+    get_state/set_state). Held-out evaluation always starts at the task's start. 0: never."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.oracle_starts, (int, float)) and 0.0 <= self.oracle_starts <= 1.0):
+            raise ConfigError(
+                f"env.oracle_starts={self.oracle_starts!r} must be a share in [0, 1] (0: every training episode "
+                "starts at its task's start)."
+            )
+
+
+def default_env(**changes: Any) -> EnvSection:
+    """The trainers' default env section: Sokoban's tiny preset with shaping and the offsets line, 10 turns."""
+    kwargs = {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2, "text_positions": True}
+    return EnvSection(kwargs=kwargs, max_turns=10, **changes)
 
 
 @dataclass(frozen=True)
@@ -84,12 +101,7 @@ class PolicySection:
 class TrainerConfig:
     """Settings every trainer has: what it plays and trains, optimisation, evaluation, checkpoints, budget."""
 
-    env: EnvSection = field(
-        default_factory=lambda: EnvSection(
-            kwargs={"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2, "text_positions": True},
-            max_turns=10,
-        )
-    )
+    env: EnvSection = field(default_factory=lambda: default_env())
     """The env and episode budget. The default env starts from its easiest preset, with potential-based
     shaping toward boxes on targets (``distance_reward``) and the player toward a box (``approach_reward``): both
     telescope, so they leave optimal policies and success unchanged, and they give groups of failed episodes
@@ -126,7 +138,15 @@ class TrainerConfig:
     seed: int = 0
     """Seed of task sampling, rollout sampling and initialisation."""
 
+    #: Whether the trainer's collection honours ``env.oracle_starts`` (the policy-gradient trainers do).
+    oracle_starts_supported: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
+        if self.env.oracle_starts > 0 and not self.oracle_starts_supported:
+            raise ConfigError(
+                f"env.oracle_starts={self.env.oracle_starts}: this trainer always starts episodes at the task's "
+                "start (loop, grpo, rloo and ppo read the setting); set env.oracle_starts=0."
+            )
         for name in ("minibatch_size", "micro_batch_size", "num_envs", "eval_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")

@@ -87,6 +87,8 @@ class PolicyGradientConfig(TrainerConfig):
     divergence_stop: float | None = 20.0
     """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
 
+    oracle_starts_supported: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("iterations", "tasks_per_iteration", "group_size", "epochs"):
@@ -126,6 +128,8 @@ class PolicyGradientTrainer:
         )
         self.reference = self._reference_model() if self.needs_reference() else None
         self.env_id = make(config.env.id, **config.env.kwargs).spec_id
+        if config.env.oracle_starts > 0:
+            self.make_training_env()  # an env without an oracle or state copying fails here, not mid-run
         self.iteration = 0
 
     def needs_reference(self) -> bool:
@@ -142,6 +146,18 @@ class PolicyGradientTrainer:
         """A fresh training env."""
         return make(self.cfg.env.id, **self.cfg.env.kwargs)
 
+    def make_training_env(self) -> Any:
+        """A fresh env for collection: ``make_env()``, wrapped in ``OracleStarts`` when ``env.oracle_starts`` > 0."""
+        env = self.make_env()
+        if self.cfg.env.oracle_starts == 0:
+            return env
+        from agentgym.curriculum import OracleStarts
+
+        try:
+            return OracleStarts(env, self.cfg.env.oracle_starts)
+        except ValueError as exc:
+            raise ConfigError(f"env.oracle_starts={self.cfg.env.oracle_starts}: {exc}") from None
+
     def collect(self, iteration: int) -> list[Trajectory]:
         """Run ``tasks_per_iteration`` training tasks ``group_size`` times each with the current policy."""
         cfg = self.cfg
@@ -149,7 +165,7 @@ class PolicyGradientTrainer:
         task_set = self.make_env().unwrapped.task_set
         jobs = [(task_set.sample("train", rng), int(rng.integers(2**31))) for _ in range(cfg.tasks_per_iteration)]
         engine = RolloutEngine(
-            self.make_env,
+            self.make_training_env,
             build_policy(self.backend, cfg.policy),
             RolloutConfig(num_envs=cfg.num_envs, group_size=cfg.group_size, max_turns=cfg.env.max_turns),
             env_id=self.env_id,
@@ -387,12 +403,23 @@ class PolicyGradientTrainer:
         return {
             "return_mean": float(np.mean([t.episode_return for t in trajectories])),
             "success_rate": float(np.mean([t.success for t in trajectories])),
+            **self._task_start_success(trajectories),
             "invalid_action_rate": float(np.mean([t.invalid_actions / max(t.steps, 1) for t in trajectories])),
             "steps_mean": float(np.mean([t.steps for t in trajectories])),
             "generated_tokens": float(tokens),
             "generate_tokens_per_s": tokens / max(self.last_generate_s, 1e-9),
             "iteration_s": time.perf_counter() - started,
         }
+
+    def _task_start_success(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """With oracle starts, the success rate of the episodes that began at their task's start, and their share."""
+        if self.cfg.env.oracle_starts == 0:
+            return {}
+        from_start = [t.success for t in trajectories if t.start_moves == 0]
+        stats = {"task_start_share": len(from_start) / max(len(trajectories), 1)}
+        if from_start:
+            stats["task_start_success_rate"] = float(np.mean(from_start))
+        return stats
 
     # ------------------------------------------------------------------ evaluation and the loop
     def evaluate(self, split: str, label: str) -> dict[str, float]:

@@ -73,6 +73,9 @@ _STATE_METHODS = ("get_state", "set_state", "state_key")
 class ProActConfig(PPOConfig):
     """ProAct's settings (spec 4), sized so that the CPU default finishes in about 10 minutes on 2 cores."""
 
+    oracle_starts_supported: ClassVar[bool] = False
+    """ProAct replays recorded episodes from their task's start, so every episode starts there."""
+
     stages: Stages = "glad+mc_grpo"
     """What the run does, in order: 'glad' (SFT on search chains), 'mc_grpo' or 'mc_ppo' (RL with the MC-Critic),
     or GLAD then one of them ('glad+mc_grpo', 'glad+mc_ppo')."""
