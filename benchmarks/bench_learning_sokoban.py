@@ -66,6 +66,10 @@ def read_run(path: Path) -> dict:
         "iterations": len(iterations),
         "with_signal": sum(1 for r in iterations if not r.get("update_skipped_no_signal")),
         "train_success": [round(r.get("success_rate", 0.0), 2) for r in iterations],
+        # With oracle starts (env.oracle_starts > 0), training success counts easier starts too: this is the
+        # success of the episodes that began at their task's start.
+        "train_task_start": [round(r["task_start_success_rate"], 2) for r in iterations
+                             if "task_start_success_rate" in r],
         "minutes": (end["time"] - t0) / 60,
     }
 
@@ -202,7 +206,8 @@ def main() -> None:
             totals[split][2] += r["n"]
         print(f"{seed:>4} {r['dev'][0]:>9.2f} {r['dev'][1]:>8.2f} {r['test'][0]:>10.2f} {r['test'][1]:>9.2f} "
               f"{r['iterations']:>4} {r['with_signal']:>6}  {doubling(r['curve'])}  {r['minutes']:.1f} min  "
-              f"train success {r['train_success']}")
+              f"train success {r['train_success']}"
+              + (f", from the task's start {r['train_task_start']}" if r["train_task_start"] else ""))
     for split, (a, b, n) in totals.items():
         p = fisher_one_sided(a, n, b, n)
         print(f"pooled {split}: {a}/{n} = {a / n:.1%} before -> {b}/{n} = {b / n:.1%} after; "
