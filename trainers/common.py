@@ -101,7 +101,7 @@ class PolicySection:
 class TrainerConfig:
     """Settings every trainer has: what it plays and trains, optimisation, evaluation, checkpoints, budget."""
 
-    env: EnvSection = field(default_factory=lambda: default_env())
+    env: EnvSection = field(default_factory=default_env)
     """The env and episode budget. The default env starts from its easiest preset, with potential-based
     shaping toward boxes on targets (``distance_reward``) and the player toward a box (``approach_reward``): both
     telescope, so they leave optimal policies and success unchanged, and they give groups of failed episodes

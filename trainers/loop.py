@@ -26,8 +26,8 @@ class LoopConfig(PolicyGradientConfig):
     env: EnvSection = field(default_factory=lambda: default_env(oracle_starts=0.5))
     """The trainers' default env (Sokoban tiny, shaping, the offsets line, 10 turns), and half of the training
     episodes start at a random state on the oracle's solution (``oracle_starts=0.5``): from a task's start the
-    default model solves 2-3% of tiny boards, too few for LOOP's groups to carry signal, and about one episode in
-    seven succeeds with this mix under a uniformly random policy. Held-out evaluation starts at the task's start."""
+    default model solves 2-3% of tiny boards, too few successes to learn from, while a uniformly random policy
+    succeeds in about one episode in seven with this mix. Held-out evaluation starts at the task's start."""
     policy: PolicySection = field(default_factory=lambda: PolicySection(lora=True, history_turns=0))
     """The policy being trained (LoRA r=16, alpha=32 on all linear layers, as in the paper). Prompts show only the
     current observation (history_turns=0: the small default model otherwise copies its previous answer turn
