@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -62,9 +62,10 @@ class PolicySection:
     """Run a neural policy's inference (rollouts, evaluation) through ``torch.compile``: the same function, faster
     once compiled (15-45 s at the start; CPU needs a C++ compiler). Updates stay eager."""
     weights: str | None = None
-    """Start a neural policy from saved weights (e.g. a behaviour-cloning run, for PPO or LOOP to improve): a run
-    directory (its latest checkpoint), a checkpoint directory, or its policy directory. The saved network's class
-    and sizes are used. The LLM's counterpart is ``model``."""
+    """Start from saved weights (e.g. an SFT run, for PPO or LOOP to improve): a run directory (its latest
+    checkpoint), a checkpoint directory, or its policy directory. A neural policy uses the saved network's class
+    and sizes. An LLM takes a saved LoRA adapter (on ``model``; policy.lora must be on, with the saved rank) and
+    goes on training it, or a whole saved model (as ``model``)."""
     model: str = "smollm2"
     """'smollm2' (the embedded default), a local model directory, or a hub id with downloads allowed."""
     device: str = "auto"
@@ -191,12 +192,12 @@ def build_backend(section: PolicySection, *, model: str | None = None, env: EnvS
         return backend
     if section.compile:
         raise ConfigError("policy.compile=true compiles a neural policy's inference; this run trains an LLM.")
-    if section.weights is not None:
-        raise ConfigError(
-            f"policy.weights={section.weights!r} starts a neural policy; an LLM starts from policy.model (a model "
-            "directory, e.g. a checkpoint's policy folder)."
-        )
     from policies.llm.hf import HFBackend, LoraSettings
+
+    saved = _saved_llm(section) if section.weights is not None and model is None else None
+    if saved is not None and not (saved / "adapter_config.json").is_file():
+        model = str(saved)  # a whole saved model: train it (with a fresh adapter when policy.lora is on)
+        saved = None
 
     lora = (
         LoraSettings(r=section.lora_r, alpha=section.lora_alpha, target_modules=section.lora_targets)
@@ -204,20 +205,59 @@ def build_backend(section: PolicySection, *, model: str | None = None, env: EnvS
         else None
     )
     backend = HFBackend(model or section.model, device=section.device, dtype=section.dtype, lora=lora)
+    if saved is not None:
+        backend.load_adapter(saved)
     if section.gradient_checkpointing and hasattr(backend.model, "gradient_checkpointing_enable"):
         backend.model.gradient_checkpointing_enable()
     return backend
 
 
-def _warm_start(section: PolicySection, network: str, env: Any) -> Any:
-    """The neural backend saved where ``section.weights`` points (see ``PolicySection.weights``)."""
+def _saved_policy_dir(weights: str, is_saved: Any) -> Path | None:
+    """The policy directory ``weights`` names: itself, its ``policy`` folder, or a run's latest checkpoint's."""
     from agentgym.runs import RunDir
-    from trainers.neural import NeuralBackend, network_class
 
-    path = Path(section.weights)
+    path = Path(weights)
     latest = RunDir(path, tensorboard=False).latest_checkpoint() if (path / "checkpoints").is_dir() else None
     candidates = [path, path / "policy"] + ([latest / "policy"] if latest is not None else [])
-    directory = next((c for c in candidates if (c / "policy.pt").is_file() and (c / "policy.json").is_file()), None)
+    return next((c for c in candidates if is_saved(c)), None)
+
+
+def _saved_llm(section: PolicySection) -> Path:
+    """The saved LoRA adapter or whole model ``section.weights`` points at, checked against ``section``."""
+    directory = _saved_policy_dir(
+        section.weights, lambda c: (c / "adapter_config.json").is_file() or (c / "config.json").is_file()
+    )
+    if directory is None:
+        raise ConfigError(
+            f"policy.weights={section.weights!r} holds no saved LLM (a LoRA adapter's adapter_config.json or a "
+            "model's config.json); pass a run directory with a checkpoint, a checkpoint directory, or its policy "
+            "directory."
+        )
+    if (directory / "adapter_config.json").is_file():
+        import json
+
+        saved = json.loads((directory / "adapter_config.json").read_text())
+        if not section.lora:
+            raise ConfigError(
+                f"policy.weights={section.weights!r} is a LoRA adapter; set policy.lora=true to keep training it "
+                "(or pass a whole saved model)."
+            )
+        if (saved.get("r"), saved.get("lora_alpha")) != (section.lora_r, section.lora_alpha):
+            raise ConfigError(
+                f"policy.weights={section.weights!r} is a LoRA adapter with r={saved.get('r')}, "
+                f"alpha={saved.get('lora_alpha')}, but policy.lora_r={section.lora_r}, "
+                f"policy.lora_alpha={section.lora_alpha}; set them to the saved adapter's."
+            )
+    return directory
+
+
+def _warm_start(section: PolicySection, network: str, env: Any) -> Any:
+    """The neural backend saved where ``section.weights`` points (see ``PolicySection.weights``)."""
+    from trainers.neural import NeuralBackend, network_class
+
+    directory = _saved_policy_dir(
+        section.weights, lambda c: (c / "policy.pt").is_file() and (c / "policy.json").is_file()
+    )
     if directory is None:
         raise ConfigError(
             f"policy.weights={section.weights!r} holds no saved neural policy (policy.pt + policy.json); pass a run "
@@ -246,7 +286,7 @@ def load_checkpoint_backend(section: PolicySection, checkpoint: Path, env: EnvSe
 
         return NeuralBackend.load(checkpoint / "policy", make(env.id, **env.kwargs), device=section.device)
     if section.lora:
-        backend = build_backend(section)
+        backend = build_backend(replace(section, weights=None))  # the checkpoint's adapter replaces any start
         backend.load_adapter(checkpoint / "policy")
         return backend
     return build_backend(section, model=str(checkpoint / "policy"))

@@ -242,3 +242,40 @@ def test_cli_trains_sft(tmp_path, tiny_backend):
     assert rc == 0
     assert (out / "checkpoints" / "step-000001" / "policy").is_dir()
     assert (out / "report.md").is_file()
+
+
+def test_an_llm_starts_from_a_saved_lora_adapter(tmp_path, tiny_backend):
+    from agentgym.cli import main
+    from agentgym.config import ConfigError
+    from trainers.common import PolicySection, build_backend
+
+    model_dir = tmp_path / "tiny"
+    tiny_backend(seed=9).save(model_dir)
+    out = tmp_path / "sft"
+    sets = [f"policy.model={model_dir}", "policy.lora=true", "demo_tasks=4", "epochs=1", "eval_tasks=2", "lr=1e-2"]
+    assert main(["train", "--env", "bandit", "--trainer", "sft", "--out", str(out), *[f"--set={s}" for s in sets]]) == 0
+    saved = build_backend(PolicySection(model=str(model_dir), lora=True))
+    saved.load_adapter(out / "checkpoints" / "step-000001" / "policy")
+    fresh = build_backend(PolicySection(model=str(model_dir), lora=True))
+
+    def adapter(backend):
+        return {k: v for k, v in backend.model.state_dict().items() if "lora_" in k}
+
+    # A run directory, a checkpoint and its policy folder all name the trained adapter; it stays trainable.
+    for where in (out, out / "checkpoints" / "step-000001", out / "checkpoints" / "step-000001" / "policy"):
+        started = build_backend(PolicySection(model=str(model_dir), lora=True, weights=str(where)))
+        got, want = adapter(started), adapter(saved)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert started.trainable_parameters() and all("lora_" in n for n, p in started.model.named_parameters()
+                                                       if p.requires_grad)
+    assert any(not torch.equal(adapter(fresh)[k], v) for k, v in adapter(saved).items())  # SFT changed it
+
+    with pytest.raises(ConfigError, match="policy.lora=true"):
+        build_backend(PolicySection(model=str(model_dir), lora=False, weights=str(out)))
+    with pytest.raises(ConfigError, match="r=16.*policy.lora_r=8"):
+        build_backend(PolicySection(model=str(model_dir), lora=True, lora_r=8, weights=str(out)))
+    with pytest.raises(ConfigError, match="holds no saved LLM"):
+        build_backend(PolicySection(model=str(model_dir), lora=True, weights=str(tmp_path / "nowhere")))
+    # A whole saved model is a start too (the same as policy.model).
+    whole = build_backend(PolicySection(model="smollm2", weights=str(model_dir)))
+    assert whole.model.config.hidden_size == 32
