@@ -60,6 +60,7 @@ class OracleStarts(gym.Wrapper):
         self.share, self.max_moves = float(share), int(max_moves)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """The task's start, or with probability ``share`` a state on the oracle's path (``info["start_moves"]``)."""
         obs, info = self.env.reset(seed=seed, options=options)
         info["start_moves"] = 0
         rng = np.random.default_rng(None if seed is None else [seed, 0x5EED])

@@ -49,19 +49,25 @@ def fisher_one_sided(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
 
 
 def read_run(path: Path) -> dict:
-    """Start/end success per split, dev curve and wall minutes of one run directory."""
+    """Held-out success per stage and split, dev curve and wall minutes of one run directory.
+
+    The stages are the evaluations of dev and test together: "start", "warmup" (after a supervised warm start,
+    when the run had one: ``warmup_demos`` > 0) and "end".
+    """
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     config = (path / "config.yaml").read_text()
     eval_tasks = next(int(line.split(":")[1]) for line in config.splitlines() if line.startswith("eval_tasks:"))
-    start = next(r for r in rows if "eval/test/success_rate" in r)
-    end = [r for r in rows if "eval/test/success_rate" in r][-1]
+    both = [r for r in rows if "eval/test/success_rate" in r]
+    labels = ["start", "warmup", "end"] if len(both) == 3 else ["start", "end"]
+    stages = {label: {split: r[f"eval/{split}/success_rate"] for split in ("dev", "test")} | {"time": r["time"]}
+              for label, r in zip(labels, both)}
     t0 = rows[0]["time"]  # logged right after the starting evaluation
     curve = [(r["step"], r["eval/dev/success_rate"], r["time"] - t0) for r in rows if "eval/dev/success_rate" in r]
-    iterations = [r for r in rows if "iteration_s" in r]
+    iterations = [r for r in rows if "iteration_s" in r and "warmup_epoch" not in r]
+    warmup = [r for r in rows if "warmup_epoch" in r]
     return {
         "n": eval_tasks,
-        "dev": (start["eval/dev/success_rate"], end["eval/dev/success_rate"]),
-        "test": (start["eval/test/success_rate"], end["eval/test/success_rate"]),
+        "stages": stages,
         "curve": curve,
         "iterations": len(iterations),
         "with_signal": sum(1 for r in iterations if not r.get("update_skipped_no_signal")),
@@ -70,7 +76,9 @@ def read_run(path: Path) -> dict:
         # success of the episodes that began at their task's start.
         "train_task_start": [round(r["task_start_success_rate"], 2) for r in iterations
                              if "task_start_success_rate" in r],
-        "minutes": (end["time"] - t0) / 60,
+        "warmup_minutes": sum(r["iteration_s"] for r in warmup) / 60,
+        "loop_minutes": sum(r["iteration_s"] for r in iterations) / 60,
+        "minutes": (both[-1]["time"] - t0) / 60,
     }
 
 
@@ -132,7 +140,8 @@ def episode_moves(record: dict, cache: dict) -> tuple[list[tuple[bool, float]], 
 
 
 def move_quality(run: Path, when: str) -> list[tuple[list[tuple[bool, float]], bool]]:
-    """Per held-out episode (dev and test) at ``when`` ("start" or "end"): its moves and whether it deadlocked."""
+    """Per held-out episode (dev and test) at ``when`` ("start", "warmup", "end"): its moves and whether it
+    deadlocked."""
     cache: dict = {}
     episodes = []
     for split in ("dev", "test"):
@@ -194,44 +203,49 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         print(f"  seed {seed}: {(time.perf_counter() - started) / 60:.1f} min wall", flush=True)
-    totals = {"dev": [0, 0, 0], "test": [0, 0, 0]}  # start successes, end successes, episodes
-    print(f"{'seed':>4} {'dev start':>9} {'dev end':>8} {'test start':>10} {'test end':>9} {'its':>4} "
-          f"{'signal':>6}  doubling (dev)")
-    for seed in args.seeds:
-        r = read_run(out / f"seed{seed}")
-        for split in ("dev", "test"):
-            a, b = r[split]
-            totals[split][0] += round(a * r["n"])
-            totals[split][1] += round(b * r["n"])
-            totals[split][2] += r["n"]
-        print(f"{seed:>4} {r['dev'][0]:>9.2f} {r['dev'][1]:>8.2f} {r['test'][0]:>10.2f} {r['test'][1]:>9.2f} "
-              f"{r['iterations']:>4} {r['with_signal']:>6}  {doubling(r['curve'])}  {r['minutes']:.1f} min  "
-              f"train success {r['train_success']}"
+    runs = {seed: read_run(out / f"seed{seed}") for seed in args.seeds}
+    labels = list(next(iter(runs.values()))["stages"])
+    print("held-out success per seed (" + " -> ".join(labels) + "), training minutes (warm start + iterations)")
+    for seed, r in runs.items():
+        cells = "; ".join(
+            f"{split} " + " -> ".join(f"{round(r['stages'][label][split] * r['n'])}/{r['n']}" for label in labels)
+            for split in ("dev", "test")
+        )
+        print(f"  seed {seed}: {cells}; {r['iterations']} iterations ({r['with_signal']} with signal); "
+              f"{r['warmup_minutes']:.1f} + {r['loop_minutes']:.1f} min of training, {r['minutes']:.1f} min in all; "
+              f"doubling (dev) {doubling(r['curve'])}; train success {r['train_success']}"
               + (f", from the task's start {r['train_task_start']}" if r["train_task_start"] else ""))
-    for split, (a, b, n) in totals.items():
-        p = fisher_one_sided(a, n, b, n)
-        print(f"pooled {split}: {a}/{n} = {a / n:.1%} before -> {b}/{n} = {b / n:.1%} after; "
-              f"one-sided Fisher p = {p:.3f}")
+    for split in ("dev", "test"):
+        counts = {label: sum(round(r["stages"][label][split] * r["n"]) for r in runs.values()) for label in labels}
+        n = sum(r["n"] for r in runs.values())
+        tests = ", ".join(
+            f"{a} -> {b}: p = {fisher_one_sided(counts[a], n, counts[b], n):.3g}"
+            for a, b in zip(labels, labels[1:])
+        ) + (f", start -> end: p = {fisher_one_sided(counts['start'], n, counts['end'], n):.3g}" if len(labels) > 2
+             else "")
+        print(f"pooled {split}: " + " -> ".join(f"{counts[label]}/{n} = {counts[label] / n:.1%}" for label in labels)
+              + f" (one-sided Fisher tests of a rise: {tests})")
     print("move quality (held-out dev + test episodes): shortest-solution moves / moves from solvable positions "
           "(a uniformly random choice at the same positions); episodes with a deadlock")
-    pooled: dict[str, list] = {"start": [], "end": []}
+    pooled: dict[str, list] = {label: [] for label in labels}
     for seed in args.seeds:
         cells = []
-        for when in ("start", "end"):
+        for when in labels:
             episodes = move_quality(out / f"seed{seed}", when)
             pooled[when] += episodes
             optimal, deadlock, moves, uniform = _rates(episodes)
             cells.append(f"{when} {optimal:.1%} of {moves} moves ({uniform:.1%}), deadlock {deadlock:.0%}")
         print(f"  seed {seed}: " + "; ".join(cells))
-    (b_opt, b_dead, b_n, b_uni), (a_opt, a_dead, a_n, a_uni) = _rates(pooled["start"]), _rates(pooled["end"])
-    low, high = bootstrap_difference(pooled["start"], pooled["end"])
-    n_b, n_a = len(pooled["start"]), len(pooled["end"])
-    # One-sided Fisher test that deadlocks became rarer: count the episodes that stayed clear of one.
-    p_dead = fisher_one_sided(round((1 - b_dead) * n_b), n_b, round((1 - a_dead) * n_a), n_a)
-    print(f"  pooled: {b_opt:.1%} of {b_n} moves ({b_uni:.1%}) -> {a_opt:.1%} of {a_n} ({a_uni:.1%}); change "
-          f"{a_opt - b_opt:+.1%} (95% bootstrap interval {low:+.1%} to {high:+.1%}); deadlocked episodes "
-          f"{round(b_dead * n_b)}/{n_b} -> {round(a_dead * n_a)}/{n_a} (one-sided Fisher p = {p_dead:.3f})")
-
+    for first, last in zip(labels, labels[1:]):
+        (b_opt, b_dead, b_n, b_uni), (a_opt, a_dead, a_n, a_uni) = _rates(pooled[first]), _rates(pooled[last])
+        low, high = bootstrap_difference(pooled[first], pooled[last])
+        n_b, n_a = len(pooled[first]), len(pooled[last])
+        # One-sided Fisher test that deadlocks became rarer: count the episodes that stayed clear of one.
+        p_dead = fisher_one_sided(round((1 - b_dead) * n_b), n_b, round((1 - a_dead) * n_a), n_a)
+        print(f"  pooled {first} -> {last}: {b_opt:.1%} of {b_n} moves ({b_uni:.1%}) -> {a_opt:.1%} of {a_n} "
+              f"({a_uni:.1%}); change {a_opt - b_opt:+.1%} (95% bootstrap interval {low:+.1%} to {high:+.1%}); "
+              f"deadlocked episodes {round(b_dead * n_b)}/{n_b} -> {round(a_dead * n_a)}/{n_a} (one-sided Fisher "
+              f"p = {p_dead:.3f})")
 
 if __name__ == "__main__":
     main()

@@ -86,6 +86,14 @@ class PolicyGradientConfig(TrainerConfig):
     profits in currency units, so a critic's targets are O(10) and its value clip is meaningful)."""
     divergence_stop: float | None = 20.0
     """Stop an iteration's updates when the k1 divergence from the behaviour policy exceeds this (None: never)."""
+    warmup_demos: int = 0
+    """A supervised warm start before the first iteration: fine-tune on the env oracle's demonstrations of this
+    many training tasks (as ``--trainer sft``), ``warmup_epochs`` epochs, then run the iterations from there.
+    Held-out dev and test success are evaluated after it too, so a run reports both stages. 0: none."""
+    warmup_epochs: int = 2
+    """Epochs of the warm start (each is one step of the run, before the iterations)."""
+    warmup_lr: float = 5e-4
+    """AdamW learning rate of the warm start (its own optimizer; the iterations use ``lr``)."""
 
     oracle_starts_supported: ClassVar[bool] = True
 
@@ -98,6 +106,20 @@ class PolicyGradientConfig(TrainerConfig):
             raise ConfigError(f"reward_scale={self.reward_scale} must be a positive finite number.")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"clip_eps={self.clip_eps} must be in (0, 1).")
+        if self.warmup_demos < 0 or self.warmup_epochs < 1:
+            raise ConfigError(
+                f"warmup_demos={self.warmup_demos}, warmup_epochs={self.warmup_epochs}: the demonstrations must be "
+                ">= 0 (0: no warm start) and the epochs >= 1."
+            )
+        if not (self.warmup_lr > 0 and math.isfinite(self.warmup_lr)):
+            raise ConfigError(f"warmup_lr={self.warmup_lr} must be a positive number.")
+        if self.warmup_demos and self.kl_coef > 0:
+            raise ConfigError(
+                f"warmup_demos={self.warmup_demos} with kl_coef={self.kl_coef}: the KL reference would be the model "
+                "before the warm start. Run the warm start as its own run (--trainer sft) and start this one from it "
+                "with --set policy.weights=SFT_RUN_DIR (the reference is then the warm-started model), or set "
+                "kl_coef=0."
+            )
 
     @property
     def clip(self) -> tuple[float, float]:
@@ -131,6 +153,9 @@ class PolicyGradientTrainer:
         if config.env.oracle_starts > 0:
             self.make_training_env()  # an env without an oracle or state copying fails here, not mid-run
         self.iteration = 0
+        self._warmup: Any = None  # the warm start's SFT trainer (over this backend) and its sequences, while used
+        self._warmup_batch: TokenBatch | None = None
+        self._warmup_optimizer_state: dict[str, Any] | None = None
 
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the initial model is kept (only for a KL penalty)."""
@@ -338,23 +363,35 @@ class PolicyGradientTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, iteration: int) -> None:
-        """Save policy, optimizer and progress after ``iteration`` iterations."""
+        """Save policy, optimizer and progress after ``iteration`` steps (mid warm start, its optimizer too)."""
         state = {
             "iteration": iteration,
             "trainer": self.name,
             "python_random": random.getstate()[1][0],
             "torch_rng": torch.get_rng_state().tolist(),
         }
-        self.run.save_checkpoint(iteration, lambda d: save_policy(self.backend, self.optimizer, d), state)
+        self.run.save_checkpoint(iteration, lambda directory: self.save_state(directory, iteration), state)
+
+    def save_state(self, directory: Path, iteration: int) -> None:
+        """Write the checkpoint's files after ``iteration`` steps; trainers with more state add theirs.
+
+        Policy and optimizer, and mid warm start the warm start's optimizer (``warmup_optimizer.pt``).
+        """
+        save_policy(self.backend, self.optimizer, directory)
+        if self._warmup is not None and iteration < self.warmup_steps:
+            torch.save(self._warmup.optimizer.state_dict(), directory / "warmup_optimizer.pt")
 
     def restore(self) -> int:
         """Load the run's latest checkpoint (model, optimizer, RNG); returns the iterations already done."""
         import json
 
+        self._warmup, self._warmup_batch = None, None  # they hold the backend that restoring replaces
         path = self.run.latest_checkpoint()
         if path is None:
             return 0
         state = json.loads((path / "trainer_state.json").read_text())
+        if (path / "warmup_optimizer.pt").is_file():
+            self._warmup_optimizer_state = torch.load(path / "warmup_optimizer.pt", weights_only=False)
         if self.cfg.policy.lora and not is_neural(self.backend):
             self.backend.load_adapter(path / "policy")
         else:
@@ -448,15 +485,27 @@ class PolicyGradientTrainer:
             f"eval/{split}/steps_mean": summary.mean_steps,
         }
 
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of the supervised warm start (its epochs; 0 without one)."""
+        return self.cfg.warmup_epochs if getattr(self.cfg, "warmup_demos", 0) else 0
+
     def total_steps(self) -> int:
-        """How many training steps ``fit`` runs (iterations here; epochs for SFT)."""
-        return self.cfg.iterations
+        """How many training steps ``fit`` runs: the warm start's epochs, then the iterations (epochs for SFT)."""
+        return self.warmup_steps + self.cfg.iterations
 
     def prepare(self) -> None:
         """Work done once before the first step (SFT builds its demonstrations here)."""
 
     def train_step(self, iteration: int) -> dict[str, float]:
-        """One iteration: collect, update, keep samples; returns its metrics."""
+        """A warm-start epoch while ``iteration < warmup_steps``, else one iteration: collect, update, keep samples.
+
+        Iterations are numbered from the end of the warm start (task draws and sampling seeds depend on them).
+        """
+        if iteration < self.warmup_steps:
+            return self.warmup_step(iteration)
+        iteration -= self.warmup_steps
+        self.iteration = iteration
         started = time.perf_counter()
         trajectories = self.collect(iteration)
         metrics = self.iteration_metrics(trajectories, started)
@@ -465,8 +514,64 @@ class PolicyGradientTrainer:
         self.write_samples(iteration, trajectories)
         return metrics
 
+    def warmup_trainer(self) -> Any:
+        """The SFT trainer of the warm start: this trainer's model and env, its own AdamW at ``warmup_lr``."""
+        if self._warmup is None:
+            from dataclasses import replace
+
+            from trainers.sft import SFTConfig, SFTTrainer
+
+            cfg = self.cfg
+            sft = SFTConfig(
+                env=replace(cfg.env, oracle_starts=0.0),
+                policy=cfg.policy,
+                demo_tasks=cfg.warmup_demos,
+                epochs=cfg.warmup_epochs,
+                lr=cfg.warmup_lr,
+                weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm,
+                minibatch_size=8,
+                micro_batch_size=8,
+                num_envs=cfg.num_envs,
+                eval_tasks=cfg.eval_tasks,
+                seed=cfg.seed,
+                time_budget_minutes=None,
+            )
+            rng = torch.get_rng_state()  # the SFT trainer seeds torch on construction; keep this run's stream
+            self._warmup = SFTTrainer(sft, self.run, backend=self.backend)
+            torch.set_rng_state(rng)
+            if self._warmup_optimizer_state is not None:
+                self._warmup.optimizer.load_state_dict(self._warmup_optimizer_state)
+                self._warmup_optimizer_state = None
+        return self._warmup
+
+    def warmup_step(self, epoch: int) -> dict[str, float]:
+        """One epoch of the warm start (the oracle's demonstrations are played on the first)."""
+        started = time.perf_counter()
+        sft = self.warmup_trainer()
+        metrics: dict[str, float] = {}
+        if self._warmup_batch is None:
+            demos = sft.demonstrations()
+            self._warmup_batch = make_batch(self.backend, demos, history_turns=self.cfg.policy.history_turns)
+            metrics["warmup_demonstrations"] = float(len(demos))
+        stats = sft.epoch(self._warmup_batch, epoch)
+        metrics.update({f"warmup_{key}": value for key, value in stats.items()})
+        metrics.update(
+            warmup_epoch=float(epoch + 1),
+            train_tokens=float(self._warmup_batch.loss_mask.sum()),
+            iteration_s=time.perf_counter() - started,
+        )
+        if epoch + 1 >= self.warmup_steps:  # the stage is over: free its optimizer state and sequences
+            self._warmup, self._warmup_batch = None, None
+        return metrics
+
     def step_evaluation(self, done: int, total: int) -> dict[str, float]:
-        """The held-out evaluation logged after step ``done`` of ``total``: dev every ``eval_every`` steps."""
+        """The held-out evaluation logged after step ``done`` of ``total``.
+
+        Dev every ``eval_every`` steps, and dev and test at the end of a warm start (labelled ``warmup``).
+        """
+        if done == self.warmup_steps > 0 and done < total:
+            return {**self.evaluate("dev", "warmup"), **self.evaluate("test", "warmup")}
         if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < total:
             return self.evaluate("dev", f"it{done}")
         return {}

@@ -21,10 +21,10 @@ Memory: the policy, a frozen reference copy (when ``kl_coef`` > 0) and the small
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -33,7 +33,7 @@ from agentgym import ops
 from agentgym.config import ConfigError
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory
-from trainers.common import Aggregation, PolicySection, TokenBatch, is_neural, make_batch, save_policy, score
+from trainers.common import Aggregation, PolicySection, TokenBatch, is_neural, make_batch, score
 from trainers.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
 
 
@@ -390,23 +390,13 @@ class PPOTrainer(PolicyGradientTrainer):
         return totals
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, iteration: int) -> None:
-        """Save policy, optimizers, value head (``value_head.pt``) and progress after ``iteration`` iterations."""
-        state = {
-            "iteration": iteration,
-            "trainer": self.name,
-            "python_random": random.getstate()[1][0],
-            "torch_rng": torch.get_rng_state().tolist(),
-        }
-
-        def write(directory: Any) -> None:
-            save_policy(self.backend, self.optimizer, directory)
-            torch.save(
-                {"value_head": self.value_head.state_dict(), "optimizer": self.value_optimizer.state_dict()},
-                directory / "value_head.pt",
-            )
-
-        self.run.save_checkpoint(iteration, write, state)
+    def save_state(self, directory: Path, iteration: int) -> None:
+        """The shared checkpoint files, plus the value head and its optimizer (``value_head.pt``)."""
+        super().save_state(directory, iteration)
+        torch.save(
+            {"value_head": self.value_head.state_dict(), "optimizer": self.value_optimizer.state_dict()},
+            directory / "value_head.pt",
+        )
 
     def restore(self) -> int:
         """Load the latest checkpoint: policy and its optimizer (the shared code), then the value head."""

@@ -39,7 +39,6 @@ small), so a run's checkpoints have one layout.
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -60,7 +59,7 @@ from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
 from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
-from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch, save_policy
+from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.sft import SFTConfig, SFTTrainer
 from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
@@ -180,6 +179,11 @@ class ProActConfig(PPOConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be an int >= {low}, e.g. {name}={example}.")
 
+        if self.warmup_demos:
+            raise ConfigError(
+                f"warmup_demos={self.warmup_demos}: ProAct's warm start is GLAD (stages='glad+...', glad_tasks); "
+                "set warmup_demos=0."
+            )
         need_int("mc_rollouts", 1, "32 (M, the rollouts per Monte-Carlo estimate)")
         need_int("mc_horizon", 0, "20 (H, steps per rollout)")
         need_int("mc_workers", 0, "0 (rollouts in this process)")
@@ -729,26 +733,11 @@ class ProActTrainer(PPOTrainer):
         return stats
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, iteration: int) -> None:
-        """Policy, optimizers, value head and progress; mid-GLAD also the GLAD optimizer (``glad_optimizer.pt``)."""
-        state = {
-            "iteration": iteration,
-            "trainer": self.name,
-            "python_random": random.getstate()[1][0],
-            "torch_rng": torch.get_rng_state().tolist(),
-        }
-        glad_optimizer = self._sft.optimizer if self._sft is not None and iteration < self.glad_steps else None
-
-        def write(directory: Path) -> None:
-            save_policy(self.backend, self.optimizer, directory)
-            torch.save(
-                {"value_head": self.value_head.state_dict(), "optimizer": self.value_optimizer.state_dict()},
-                directory / "value_head.pt",
-            )
-            if glad_optimizer is not None:
-                torch.save(glad_optimizer.state_dict(), directory / "glad_optimizer.pt")
-
-        self.run.save_checkpoint(iteration, write, state)
+    def save_state(self, directory: Path, iteration: int) -> None:
+        """PPO's checkpoint files (policy, optimizers, value head); mid-GLAD also the GLAD optimizer."""
+        super().save_state(directory, iteration)
+        if self._sft is not None and iteration < self.glad_steps:
+            torch.save(self._sft.optimizer.state_dict(), directory / "glad_optimizer.pt")
 
     def restore(self) -> int:
         """The latest checkpoint (PPO's: policy, optimizer, value head), and the GLAD optimizer when saved."""

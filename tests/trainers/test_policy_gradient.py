@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -190,3 +192,56 @@ def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_p
     assert not torch.allclose(trainer._behaviour_logprobs(whole)[on], whole.sampled_logp[on], atol=2e-4)
     stats = trainer.update(trajectories)
     assert stats.get("optimizer_steps", 0) >= 1 or stats.get("update_skipped_no_signal") == 1.0
+
+
+WARMUP = ["warmup_demos=16", "warmup_epochs=3", "warmup_lr=3e-2", "minibatch_size=8", "tasks_per_iteration=2",
+          "group_size=4", "lr=1e-2", "eval_tasks=8"]  # fmt: skip
+
+
+def test_warm_start_on_oracle_demonstrations_then_iterations(tmp_path, tiny_backend):
+    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=6), *WARMUP, "iterations=1")
+    assert trainer.total_steps() == 4  # three warm-up epochs, then one iteration
+    trainer.fit()
+    records = RunDir(tmp_path / "loop", tensorboard=False).metrics()
+    by_step = {}
+    for r in records:
+        by_step.setdefault(r["step"], {}).update(r)
+    # Steps 1-3 are supervised epochs on 16 oracle demonstrations, with the loss falling; dev and test follow them.
+    assert by_step[1]["warmup_demonstrations"] == 16 and [by_step[s]["warmup_epoch"] for s in (1, 2, 3)] == [1, 2, 3]
+    assert by_step[3]["warmup_loss"] < by_step[2]["warmup_loss"] < by_step[1]["warmup_loss"]
+    assert "return_mean" not in by_step[3] and "return_mean" in by_step[4]
+    assert by_step[0]["eval/test/success_rate"] < 0.9 <= by_step[3]["eval/test/success_rate"]  # the warm start taught it
+    assert (tmp_path / "loop" / "samples" / "eval-test-warmup.jsonl").is_file()
+    # The iteration after the warm start is iteration 0 (its task draws and sampling seeds).
+    assert json.loads((tmp_path / "loop" / "samples" / "train.jsonl").read_text().splitlines()[0])["policy"] == "loop@0"
+
+
+def test_resume_in_the_middle_of_the_warm_start_continues_exactly(tmp_path, tiny_backend):
+    straight = _trainer(LoopTrainer, tmp_path / "a", tiny_backend(seed=4), *WARMUP, "iterations=1")
+    straight.fit()
+
+    def stop_after_first_epoch(done, _metrics):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    first = _trainer(LoopTrainer, tmp_path / "b", tiny_backend(seed=4), *WARMUP, "iterations=1")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_iteration=stop_after_first_epoch)
+    saved = tmp_path / "b" / "loop" / "checkpoints" / "step-000001"
+    assert (saved / "warmup_optimizer.pt").is_file()  # the warm start's own AdamW state is kept mid-stage
+    resumed = _trainer(LoopTrainer, tmp_path / "b", tiny_backend(seed=4), *WARMUP, "iterations=1")
+    resumed.fit(resume=True)
+    for (name, p), (_, q) in zip(straight.backend.model.named_parameters(), resumed.backend.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not (tmp_path / "b" / "loop" / "checkpoints" / "step-000004" / "warmup_optimizer.pt").exists()
+
+
+def test_warm_start_settings_are_checked():
+    with pytest.raises(ConfigError, match="warmup_demos=-1"):
+        load_config(LoopTrainer.Config, overrides=[*BANDIT, "warmup_demos=-1"])
+    with pytest.raises(ConfigError, match="kl_coef=0.1.*policy.weights=SFT_RUN_DIR"):
+        load_config(GRPOTrainer.Config, overrides=[*BANDIT, "warmup_demos=4", "kl_coef=0.1"])
+    from trainers.proact import ProActTrainer
+
+    with pytest.raises(ConfigError, match="GLAD"):
+        load_config(ProActTrainer.Config, overrides=["warmup_demos=4"])
