@@ -113,29 +113,33 @@ def write_training_report(run: Any) -> Path:
     fig.savefig(run.path / "training.png", dpi=90)
     plt.close(fig)
 
-    def first_last(key: str) -> tuple[str, str]:
-        _, ys = _series(records, key)
-        return (f"{ys[0]:.3f}", f"{ys[-1]:.3f}") if ys else ("-", "-")
-
+    # Runs with a first stage (a supervised warm start, ProAct's GLAD) evaluate dev and test after it as well.
+    both = [r for r in records if "eval/test/success_rate" in r]
+    middle = ["after the warm start" if config.get("warmup_demos") else "after GLAD"] if len(both) == 3 else []
+    columns = ["before", *middle, "after"]
     rows = []
     for split in ("dev", "test"):
         for metric in ("success_rate", "return_mean", "invalid_action_rate"):
-            before, after = first_last(f"eval/{split}/{metric}")
-            rows.append(f"| {split} | {metric} | {before} | {after} |")
+            key = f"eval/{split}/{metric}"
+            values = [f"{r[key]:.3f}" for r in both if isinstance(r.get(key), (int, float))]
+            cells = values if len(values) == len(columns) else ["-"] * len(columns)
+            rows.append(f"| {split} | {metric} | " + " | ".join(cells) + " |")
     budget = [r["stopped_time_budget_minutes"] for r in records if "stopped_time_budget_minutes" in r]
     skipped = sum(1 for r in records if r.get("checkpoint_skipped"))
     no_signal = sum(1 for r in records if r.get("update_skipped_no_signal"))
     train_s = sum(r.get("iteration_s", 0.0) for r in records)
+    warm = sum(1 for r in records if "warmup_epoch" in r)
     lines = [
         f"# Training report: {config.get('trainer')} on {config.get('env', {}).get('id')}",
         "",
-        f"{max((r['step'] for r in records), default=0)} iterations, {train_s / 60:.1f} min of collection and "
-        f"updates (evaluations excluded).",
+        f"{max((r['step'] for r in records), default=0) - warm} iterations"
+        + (f" after {warm} epochs of a supervised warm start" if warm else "")
+        + f", {train_s / 60:.1f} min of training (evaluations excluded).",
         "",
-        "## Held-out evaluation, before and after",
+        "## Held-out evaluation, " + ", ".join(columns),
         "",
-        "| split | metric | before | after |",
-        "|---|---|---|---|",
+        "| split | metric | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
         *rows,
         "",
         "![training curves](training.png)",

@@ -214,6 +214,10 @@ def test_warm_start_on_oracle_demonstrations_then_iterations(tmp_path, tiny_back
     assert (tmp_path / "loop" / "samples" / "eval-test-warmup.jsonl").is_file()
     # The iteration after the warm start is iteration 0 (its task draws and sampling seeds).
     assert json.loads((tmp_path / "loop" / "samples" / "train.jsonl").read_text().splitlines()[0])["policy"] == "loop@0"
+    from agentgym.report import write_training_report
+
+    report = write_training_report(RunDir(tmp_path / "loop", tensorboard=False)).read_text()
+    assert "| before | after the warm start | after |" in report and "1 iterations after 3 epochs" in report
 
 
 def test_resume_in_the_middle_of_the_warm_start_continues_exactly(tmp_path, tiny_backend):
