@@ -44,7 +44,7 @@ def resolve_config(
     base, so a section set in part keeps the trainer's defaults for the rest (``--set policy.temperature=0.7``
     keeps LOOP's LoRA and prompt settings), and ``--env-kwargs``, ``--config`` and ``--set env.kwargs.KEY=...`` add
     to the default env's kwargs (its preset and shaping) and keep its turn budget; another ``--env`` starts from
-    no kwargs.
+    no kwargs, no oracle starts and no warm start.
     """
     resume = bool(base)
     base = dict(base) if resume else to_dict(config_cls())
@@ -63,6 +63,8 @@ def resolve_config(
         if not resume and env_id != spec(base["env"]["id"]).id:
             base["env"]["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
             base["env"]["oracle_starts"] = 0.0  # nor does its curriculum (another env may have no oracle)
+            if base.get("warmup_demos"):  # nor LOOP's warm start on Sokoban's oracle (opt in with --set)
+                base["warmup_demos"] = 0
             if spec(env_id).policy is not None:  # a neural policy plays the env's whole episode (a fleet's day)
                 base["env"]["max_turns"] = None
         base.setdefault("env", {})["id"] = env_id

@@ -249,3 +249,9 @@ def test_warm_start_settings_are_checked():
 
     with pytest.raises(ConfigError, match="GLAD"):
         load_config(ProActTrainer.Config, overrides=["warmup_demos=4"])
+    # LOOP's default warm start is Sokoban's; another --env drops it unless asked for.
+    from agentgym.training import resolve_config
+
+    assert resolve_config(LoopTrainer.Config, env="sokoban").warmup_demos == 120
+    assert resolve_config(LoopTrainer.Config, env="2048").warmup_demos == 0
+    assert resolve_config(LoopTrainer.Config, env="2048", overrides=["warmup_demos=16"]).warmup_demos == 16
