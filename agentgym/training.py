@@ -117,13 +117,22 @@ def train(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("iterations", total=trainer_obj.total_steps(), stats="evaluating before training ...")
+        bar = progress.add_task("steps", total=trainer_obj.total_steps(), stats="evaluating before training ...")
 
         def on_iteration(done: int, metrics: dict[str, Any]) -> None:
-            stats = (
-                f"return {metrics.get('return_mean', 0):+.2f}  success {metrics.get('success_rate', 0):.0%}  "
-                f"loss {metrics.get('loss', 0):+.4f}  {metrics.get('iteration_s', 0):.0f}s/it"
-            )
+            if "warmup_epoch" in metrics:  # a supervised warm-start epoch
+                stats = (
+                    f"warm start epoch {int(metrics['warmup_epoch'])}: loss {metrics.get('warmup_loss', 0):.3f}  "
+                    f"demonstrated-token prob {metrics.get('warmup_token_prob', 0):.0%}  "
+                    f"{metrics.get('iteration_s', 0):.0f}s"
+                )
+            else:
+                stats = (
+                    f"return {metrics.get('return_mean', 0):+.2f}  success {metrics.get('success_rate', 0):.0%}  "
+                    f"loss {metrics.get('loss', 0):+.4f}  {metrics.get('iteration_s', 0):.0f}s/it"
+                )
+            if "eval/dev/success_rate" in metrics:
+                stats += f"  held-out dev success {metrics['eval/dev/success_rate']:.0%}"
             progress.update(bar, completed=done, stats=stats)
 
         try:

@@ -517,32 +517,14 @@ class PolicyGradientTrainer:
     def warmup_trainer(self) -> Any:
         """The SFT trainer of the warm start: this trainer's model and env, its own AdamW at ``warmup_lr``."""
         if self._warmup is None:
-            from dataclasses import replace
-
-            from trainers.sft import SFTConfig, SFTTrainer
+            from trainers.sft import stage_trainer
 
             cfg = self.cfg
-            sft = SFTConfig(
-                env=replace(cfg.env, oracle_starts=0.0),
-                policy=cfg.policy,
-                demo_tasks=cfg.warmup_demos,
-                epochs=cfg.warmup_epochs,
-                lr=cfg.warmup_lr,
-                weight_decay=cfg.weight_decay,
-                max_grad_norm=cfg.max_grad_norm,
-                minibatch_size=8,
-                micro_batch_size=8,
-                num_envs=cfg.num_envs,
-                eval_tasks=cfg.eval_tasks,
-                seed=cfg.seed,
-                time_budget_minutes=None,
-            )
-            rng = torch.get_rng_state()  # the SFT trainer seeds torch on construction; keep this run's stream
-            self._warmup = SFTTrainer(sft, self.run, backend=self.backend)
-            torch.set_rng_state(rng)
-            if self._warmup_optimizer_state is not None:
-                self._warmup.optimizer.load_state_dict(self._warmup_optimizer_state)
-                self._warmup_optimizer_state = None
+            self._warmup = stage_trainer(
+                cfg, self.run, self.backend, self._warmup_optimizer_state, demo_tasks=cfg.warmup_demos,
+                epochs=cfg.warmup_epochs, lr=cfg.warmup_lr, minibatch_size=8, micro_batch_size=8,
+            )  # fmt: skip
+            self._warmup_optimizer_state = None
         return self._warmup
 
     def warmup_step(self, epoch: int) -> dict[str, float]:

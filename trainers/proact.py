@@ -61,7 +61,7 @@ from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
-from trainers.sft import SFTConfig, SFTTrainer
+from trainers.sft import SFTTrainer, stage_trainer
 from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
@@ -449,28 +449,13 @@ class ProActTrainer(PPOTrainer):
         """The SFT trainer that fits the GLAD data: this trainer's model, its own AdamW at ``glad_lr``."""
         if self._sft is None:
             cfg = self.cfg
-            sft = SFTConfig(
-                env=cfg.env,
-                policy=cfg.policy,
-                data_file=str(data_file),
-                only_successful=False,
-                epochs=cfg.glad_epochs,
-                lr=cfg.glad_lr,
-                weight_decay=cfg.weight_decay,
-                max_grad_norm=cfg.max_grad_norm,
+            self._sft = stage_trainer(
+                cfg, self.run, self.backend, self._glad_optimizer_state, data_file=str(data_file),
+                only_successful=False, epochs=cfg.glad_epochs, lr=cfg.glad_lr,
                 minibatch_size=cfg.glad_minibatch_size,
                 micro_batch_size=min(cfg.micro_batch_size, cfg.glad_minibatch_size),
-                num_envs=cfg.num_envs,
-                eval_tasks=cfg.eval_tasks,
-                seed=cfg.seed,
-                time_budget_minutes=None,
-            )
-            rng = torch.get_rng_state()  # the SFT trainer seeds torch on construction; keep this run's stream
-            self._sft = SFTTrainer(sft, self.run, backend=self.backend)
-            torch.set_rng_state(rng)
-            if self._glad_optimizer_state is not None:
-                self._sft.optimizer.load_state_dict(self._glad_optimizer_state)
-                self._glad_optimizer_state = None
+            )  # fmt: skip
+            self._glad_optimizer_state = None
         return self._sft
 
     def glad_step(self, epoch: int) -> dict[str, float]:

@@ -88,6 +88,35 @@ class SFTConfig(TrainerConfig):
         return self.epochs
 
 
+def stage_trainer(parent: Any, run: Any, backend: Any, optimizer_state: dict[str, Any] | None, **fields: Any) -> Any:
+    """An SFT trainer over another trainer's model, for a supervised stage of that trainer's run.
+
+    ``parent`` is that trainer's config: its env (without oracle starts), policy, optimisation and evaluation
+    settings carry over, ``fields`` set the rest (``demo_tasks`` or ``data_file``, ``epochs``, ``lr``, ...). The
+    stage has its own AdamW (``optimizer_state`` restores it when resuming mid-stage), and building it leaves
+    torch's random stream as it was.
+    """
+    from dataclasses import replace
+
+    config = SFTConfig(
+        env=replace(parent.env, oracle_starts=0.0),
+        policy=parent.policy,
+        weight_decay=parent.weight_decay,
+        max_grad_norm=parent.max_grad_norm,
+        num_envs=parent.num_envs,
+        eval_tasks=parent.eval_tasks,
+        seed=parent.seed,
+        time_budget_minutes=None,
+        **fields,
+    )
+    rng = torch.get_rng_state()  # the SFT trainer seeds torch on construction; keep the run's stream
+    trainer = SFTTrainer(config, run, backend=backend)
+    torch.set_rng_state(rng)
+    if optimizer_state is not None:
+        trainer.optimizer.load_state_dict(optimizer_state)
+    return trainer
+
+
 # ---------------------------------------------------------------------------------------------------- replies
 def reply_ids(tokenizer: Any, text: str, *, choice: str | None, guided: bool, think: bool) -> list[int]:
     """The token ids the LLM policy would emit for ``text`` (see the module docstring).
