@@ -128,12 +128,13 @@ def write_training_report(run: Any) -> Path:
     skipped = sum(1 for r in records if r.get("checkpoint_skipped"))
     no_signal = sum(1 for r in records if r.get("update_skipped_no_signal"))
     train_s = sum(r.get("iteration_s", 0.0) for r in records)
-    warm = sum(1 for r in records if "warmup_epoch" in r)
+    glad = sum(1 for r in records if "glad_epoch" in r)  # ProAct's first stage; others call theirs a warm start
+    warm = glad + sum(1 for r in records if "warmup_epoch" in r)
     lines = [
         f"# Training report: {config.get('trainer')} on {config.get('env', {}).get('id')}",
         "",
         f"{max((r['step'] for r in records), default=0) - warm} iterations"
-        + (f" after {warm} epochs of a supervised warm start" if warm else "")
+        + (f" after {warm} epochs of {'GLAD' if glad else 'a supervised warm start'}" if warm else "")
         + f", {train_s / 60:.1f} min of training (evaluations excluded).",
         "",
         "## Held-out evaluation, " + ", ".join(columns),

@@ -139,6 +139,8 @@ class PolicyGradientTrainer:
 
     Config: ClassVar[type] = PolicyGradientConfig
     name: ClassVar[str] = "pg"
+    stage_name: ClassVar[str] = "warmup"
+    """The supervised first stage's name: prefix of its metrics, label of the evaluation after it, checkpoint file."""
 
     def __init__(self, config: PolicyGradientConfig, run: RunDir, *, backend: Any = None) -> None:
         self.cfg = config
@@ -153,7 +155,7 @@ class PolicyGradientTrainer:
         if config.env.oracle_starts > 0:
             self.make_training_env()  # an env without an oracle or state copying fails here, not mid-run
         self.iteration = 0
-        self._warmup: Any = None  # the warm start's SFT trainer (over this backend) and its sequences, while used
+        self._warmup: Any = None  # the first stage's SFT trainer (over this backend) and its sequences, while used
         self._warmup_batch: TokenBatch | None = None
         self._warmup_optimizer_state: dict[str, Any] | None = None
 
@@ -375,11 +377,11 @@ class PolicyGradientTrainer:
     def save_state(self, directory: Path, iteration: int) -> None:
         """Write the checkpoint's files after ``iteration`` steps; trainers with more state add theirs.
 
-        Policy and optimizer, and mid warm start the warm start's optimizer (``warmup_optimizer.pt``).
+        Policy and optimizer, and mid first stage that stage's optimizer (``warmup_optimizer.pt``, ``glad_...``).
         """
         save_policy(self.backend, self.optimizer, directory)
         if self._warmup is not None and iteration < self.warmup_steps:
-            torch.save(self._warmup.optimizer.state_dict(), directory / "warmup_optimizer.pt")
+            torch.save(self._warmup.optimizer.state_dict(), directory / f"{self.stage_name}_optimizer.pt")
 
     def restore(self) -> int:
         """Load the run's latest checkpoint (model, optimizer, RNG); returns the iterations already done."""
@@ -390,8 +392,8 @@ class PolicyGradientTrainer:
         if path is None:
             return 0
         state = json.loads((path / "trainer_state.json").read_text())
-        if (path / "warmup_optimizer.pt").is_file():
-            self._warmup_optimizer_state = torch.load(path / "warmup_optimizer.pt", weights_only=False)
+        if (path / f"{self.stage_name}_optimizer.pt").is_file():
+            self._warmup_optimizer_state = torch.load(path / f"{self.stage_name}_optimizer.pt", weights_only=False)
         if self.cfg.policy.lora and not is_neural(self.backend):
             self.backend.load_adapter(path / "policy")
         else:
@@ -427,8 +429,8 @@ class PolicyGradientTrainer:
         """The resolved config with the trainer's name."""
         return {"trainer": self.name, **to_dict(self.cfg)}
 
-    def write_samples(self, iteration: int, trajectories: list[Trajectory], limit: int = 8) -> None:
-        """Keep a few trajectories of each iteration for inspection (``agentgym replay``)."""
+    def write_samples(self, iteration: int | str, trajectories: list[Trajectory], limit: int = 8) -> None:
+        """Keep a few trajectories of each iteration (or of a stage's data) for inspection (``agentgym replay``)."""
         with TrajectoryWriter(self.run.path / "samples" / "train.jsonl") as writer:
             for t in trajectories[:limit]:
                 t.policy = f"{self.name}@{iteration}"
@@ -514,32 +516,43 @@ class PolicyGradientTrainer:
         self.write_samples(iteration, trajectories)
         return metrics
 
-    def warmup_trainer(self) -> Any:
-        """The SFT trainer of the warm start: this trainer's model and env, its own AdamW at ``warmup_lr``."""
-        if self._warmup is None:
-            from trainers.sft import stage_trainer
+    def warmup_fields(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """The supervised first stage's ``stage_trainer`` fields, and metrics of building its data.
 
-            cfg = self.cfg
-            self._warmup = stage_trainer(
-                cfg, self.run, self.backend, self._warmup_optimizer_state, demo_tasks=cfg.warmup_demos,
-                epochs=cfg.warmup_epochs, lr=cfg.warmup_lr, minibatch_size=8, micro_batch_size=8,
-            )  # fmt: skip
-            self._warmup_optimizer_state = None
-        return self._warmup
+        Here the warm start: ``warmup_demos`` oracle demonstrations at ``warmup_lr``. ProAct's GLAD stage returns its
+        search-chain file instead.
+        """
+        cfg = self.cfg
+        fields = dict(demo_tasks=cfg.warmup_demos, epochs=cfg.warmup_epochs, lr=cfg.warmup_lr)
+        fields.update(minibatch_size=8, micro_batch_size=8)
+        return fields, {}
 
     def warmup_step(self, epoch: int) -> dict[str, float]:
-        """One epoch of the warm start (the oracle's demonstrations are played on the first)."""
+        """One epoch of the supervised first stage; the first builds its SFT trainer (own AdamW) and sequences.
+
+        Metrics, the evaluation after the stage and the optimizer's checkpoint file are named by ``stage_name``.
+        """
+        from trainers.sft import stage_trainer
+
         started = time.perf_counter()
-        sft = self.warmup_trainer()
+        name = self.stage_name
         metrics: dict[str, float] = {}
+        if self._warmup is None:
+            fields, built = self.warmup_fields()
+            metrics.update(built)
+            self._warmup = stage_trainer(self.cfg, self.run, self.backend, self._warmup_optimizer_state, **fields)
+            self._warmup_optimizer_state = None
         if self._warmup_batch is None:
-            demos = sft.demonstrations()
+            demos = self._warmup.demonstrations()
+            self.write_samples(name, demos)  # labelled "<trainer>@<stage>"; iterations are "<trainer>@<n>"
+            # As the SFT trainer: with truncated history each turn is its own row, with the prompt the policy sees.
             self._warmup_batch = make_batch(self.backend, demos, history_turns=self.cfg.policy.history_turns)
-            metrics["warmup_demonstrations"] = float(len(demos))
-        stats = sft.epoch(self._warmup_batch, epoch)
-        metrics.update({f"warmup_{key}": value for key, value in stats.items()})
+            metrics[f"{name}_demonstrations"] = float(len(demos))
+            metrics[f"{name}_sequences"] = float(self._warmup_batch.input_ids.shape[0])
+        stats = self._warmup.epoch(self._warmup_batch, epoch)
+        metrics.update({f"{name}_{key}": value for key, value in stats.items()})
         metrics.update(
-            warmup_epoch=float(epoch + 1),
+            {f"{name}_epoch": float(epoch + 1)},
             train_tokens=float(self._warmup_batch.loss_mask.sum()),
             iteration_s=time.perf_counter() - started,
         )
@@ -550,10 +563,11 @@ class PolicyGradientTrainer:
     def step_evaluation(self, done: int, total: int) -> dict[str, float]:
         """The held-out evaluation logged after step ``done`` of ``total``.
 
-        Dev every ``eval_every`` steps, and dev and test at the end of a warm start (labelled ``warmup``).
+        Dev every ``eval_every`` steps, and dev and test at the end of a supervised first stage when iterations
+        follow (labelled with ``stage_name``).
         """
         if done == self.warmup_steps > 0 and done < total:
-            return {**self.evaluate("dev", "warmup"), **self.evaluate("test", "warmup")}
+            return {**self.evaluate("dev", self.stage_name), **self.evaluate("test", self.stage_name)}
         if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < total:
             return self.evaluate("dev", f"it{done}")
         return {}

@@ -59,9 +59,8 @@ from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
 from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
-from trainers.common import Aggregation, PolicySection, TokenBatch, build_policy, is_neural, make_batch
+from trainers.common import Aggregation, PolicySection, build_policy, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
-from trainers.sft import SFTTrainer, stage_trainer
 from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
@@ -282,6 +281,7 @@ class ProActTrainer(PPOTrainer):
 
     Config: ClassVar[type] = ProActConfig
     name: ClassVar[str] = "proact"
+    stage_name: ClassVar[str] = "glad"
 
     def __init__(self, config: ProActConfig, run: RunDir, *, backend: Any = None) -> None:
         self._check_env(config)  # before the model is loaded: a wrong env fails in a second
@@ -290,9 +290,6 @@ class ProActTrainer(PPOTrainer):
             raise ConfigError(
                 "ProAct trains LLM policies (chains and one-turn token sequences); set policy.network=llm."
             )
-        self._sft: SFTTrainer | None = None
-        self._glad_batch: TokenBatch | None = None
-        self._glad_optimizer_state: dict[str, Any] | None = None
         self._critic: MCCritic | None = None
         self._replay_env: Any = None
         self._scores: GroupScores | None = None
@@ -340,13 +337,13 @@ class ProActTrainer(PPOTrainer):
             env.close()
 
     @property
-    def glad_steps(self) -> int:
-        """Steps of the GLAD stage (its SFT epochs; 0 without it)."""
+    def warmup_steps(self) -> int:
+        """Steps of the GLAD stage, ProAct's supervised first stage (its SFT epochs; 0 without it)."""
         return self.cfg.glad_epochs if self.cfg.uses_glad else 0
 
     def total_steps(self) -> int:
         """GLAD epochs, then RL iterations."""
-        return self.glad_steps + (self.cfg.iterations if self.cfg.rl_stage else 0)
+        return self.warmup_steps + (self.cfg.iterations if self.cfg.rl_stage else 0)
 
     def prepare(self) -> None:
         """Nothing up front: the GLAD data is built (or found in the run directory) by the first GLAD step."""
@@ -385,24 +382,15 @@ class ProActTrainer(PPOTrainer):
         finally:
             self.close()
 
-    def step_evaluation(self, done: int, total: int) -> dict[str, float]:
-        """As the base class, plus dev and test right after GLAD when an RL stage follows (labelled ``glad``).
-
-        One run then reports zero-shot, after-GLAD and final held-out results.
-        """
-        if self.cfg.rl_stage is not None and done == self.glad_steps > 0 and done < total:
-            return {**self.evaluate("dev", "glad"), **self.evaluate("test", "glad")}
-        return super().step_evaluation(done, total)
-
     # ------------------------------------------------------------------ steps
     def train_step(self, iteration: int) -> dict[str, float]:
-        """A GLAD epoch while ``iteration < glad_steps``, then one RL iteration (collect, update, samples)."""
-        if iteration < self.glad_steps:
-            return self.glad_step(iteration)
-        rl_iteration = iteration - self.glad_steps
-        self.iteration = rl_iteration  # task draws, sampling seeds and critic_warmup count RL iterations
-        metrics = super().train_step(rl_iteration)
-        metrics["rl_iteration"] = float(rl_iteration + 1)
+        """A GLAD epoch while ``iteration < warmup_steps``, then one RL iteration (collect, update, samples).
+
+        RL iterations count from the end of GLAD (task draws, sampling seeds and ``critic_warmup``).
+        """
+        metrics = super().train_step(iteration)
+        if iteration >= self.warmup_steps:
+            metrics["rl_iteration"] = float(iteration - self.warmup_steps + 1)
         return metrics
 
     def update(self, trajectories: list[Trajectory]) -> dict[str, float]:
@@ -445,43 +433,19 @@ class ProActTrainer(PPOTrainer):
             "glad_build_s": report.seconds,
         }
 
-    def glad_trainer(self, data_file: Path) -> SFTTrainer:
-        """The SFT trainer that fits the GLAD data: this trainer's model, its own AdamW at ``glad_lr``."""
-        if self._sft is None:
-            cfg = self.cfg
-            self._sft = stage_trainer(
-                cfg, self.run, self.backend, self._glad_optimizer_state, data_file=str(data_file),
-                only_successful=False, epochs=cfg.glad_epochs, lr=cfg.glad_lr,
-                minibatch_size=cfg.glad_minibatch_size,
-                micro_batch_size=min(cfg.micro_batch_size, cfg.glad_minibatch_size),
-            )  # fmt: skip
-            self._glad_optimizer_state = None
-        return self._sft
-
-    def glad_step(self, epoch: int) -> dict[str, float]:
-        """One SFT epoch on the GLAD sequences (the data is built or loaded first)."""
-        started = time.perf_counter()
-        metrics: dict[str, float] = {}
+    def warmup_fields(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """The GLAD stage's SFT settings (its chain file, ``glad_lr``, ...) and what building the file measured."""
+        cfg = self.cfg
         path, built = self.glad_dataset()
-        sft = self.glad_trainer(path)
-        if self._glad_batch is None:
-            metrics.update(built)
-            demos = sft.demonstrations()
-            self.write_samples(epoch, demos)
-            # As the SFT trainer: with truncated history each turn is its own row, with the prompt the policy sees.
-            self._glad_batch = make_batch(self.backend, demos, history_turns=self.cfg.policy.history_turns)
-            metrics.update(
-                glad_demonstrations=float(len(demos)), glad_sequences=float(self._glad_batch.input_ids.shape[0])
-            )
-        metrics.update(sft.epoch(self._glad_batch, epoch))
-        metrics.update(
-            glad_epoch=float(epoch + 1),
-            train_tokens=float(self._glad_batch.loss_mask.sum()),
-            iteration_s=time.perf_counter() - started,
+        fields = dict(
+            data_file=str(path),
+            only_successful=False,
+            epochs=cfg.glad_epochs,
+            lr=cfg.glad_lr,
+            minibatch_size=cfg.glad_minibatch_size,
+            micro_batch_size=min(cfg.micro_batch_size, cfg.glad_minibatch_size),
         )
-        if epoch + 1 >= self.glad_steps:  # the stage is over: free its optimizer state and sequences
-            self._sft, self._glad_batch = None, None
-        return metrics
+        return fields, built
 
     # ------------------------------------------------------------------ MC-GRPO
     def sample_replies(self, prompts: Sequence[list[int]], policy: Any, seed: int) -> list[list[Generation]]:
@@ -716,22 +680,6 @@ class ProActTrainer(PPOTrainer):
         )
         stats["train_tokens"] = float(batch.tokens)
         return stats
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_state(self, directory: Path, iteration: int) -> None:
-        """PPO's checkpoint files (policy, optimizers, value head); mid-GLAD also the GLAD optimizer."""
-        super().save_state(directory, iteration)
-        if self._sft is not None and iteration < self.glad_steps:
-            torch.save(self._sft.optimizer.state_dict(), directory / "glad_optimizer.pt")
-
-    def restore(self) -> int:
-        """The latest checkpoint (PPO's: policy, optimizer, value head), and the GLAD optimizer when saved."""
-        self._sft, self._glad_batch = None, None  # they hold the backend that restoring replaces
-        done = super().restore()
-        path = self.run.latest_checkpoint()
-        if path is not None and (path / "glad_optimizer.pt").is_file():
-            self._glad_optimizer_state = torch.load(path / "glad_optimizer.pt", weights_only=False)
-        return done
 
 
 def _canonical(base: Any, text: str) -> Any | None:

@@ -234,7 +234,7 @@ def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, mon
     assert json.loads(lines[0])["turns"][0]["action"].startswith("<think>Player (")
     # One sequence per turn: the play-time prompt (history_turns=0: the current observation only), then the
     # chain-and-answer reply in the loss.
-    batch = trainer._glad_batch
+    batch = trainer._warmup_batch
     assert first["glad_sequences"] == first["glad_turns"] == batch.input_ids.shape[0] > 2
     tok = trainer.backend.tokenizer
     for row in range(batch.input_ids.shape[0]):
@@ -246,12 +246,13 @@ def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, mon
         assert int(mask.sum()) == n - start  # everything after the prompt is the reply
         assert tok.decode(batch.input_ids[row, :start]).count("<|im_start|>user") == 1
     trainer.checkpoint(1)  # mid-GLAD: the GLAD optimizer is saved too
+    assert (tmp_path / "proact" / "checkpoints" / "step-000001" / "glad_optimizer.pt").is_file()
     second = trainer.train_step(1)
-    assert second["loss"] < first["loss"], (first["loss"], second["loss"])
+    assert second["glad_epoch"] == 2 and second["glad_loss"] < first["glad_loss"], (first, second)
     # Resuming reuses the file instead of searching again, and the GLAD optimizer's state.
     monkeypatch.setattr("trainers.proact.build_dataset", lambda *a, **k: pytest.fail("GLAD data rebuilt"))
     again = _trainer(tmp_path, tiny_backend(seed=6), *glad, base=SOKOBAN)
-    assert again.restore() == 1 and again._glad_optimizer_state is not None
+    assert again.restore() == 1 and again._warmup_optimizer_state is not None
     assert again.glad_dataset() == (tmp_path / "proact" / "glad.jsonl", {"glad_reused": 1.0})
 
 
