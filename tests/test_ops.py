@@ -14,6 +14,7 @@ from agentgym.ops import (
     broadcast,
     broadcast_turns,
     clip_range,
+    episode_weights,
     gae,
     group_normalized,
     k1_divergence,
@@ -368,6 +369,39 @@ def test_aggregation_ignores_empty_rows() -> None:
     assert aggregate(values, mask, "seq-mean-token-mean").item() == pytest.approx(-1.5)
     assert aggregate(values, mask, "seq-mean-token-sum").item() == pytest.approx(-3.0)
     assert aggregate(values, torch.zeros(2, 2), "token-mean").item() == 0.0  # empty batch: 0, not NaN
+
+
+def test_episode_weights_golden() -> None:
+    # Episode 0 is split into rows of 1 and 3 tokens, episode 1 is one row of 2 tokens: 3 rows, 2 episodes, so the
+    # shares (1/4, 3/4, 1) are scaled by R/E = 1.5 to keep the mean weight at 1.
+    w = episode_weights(torch.tensor([0, 0, 1]), torch.tensor([1, 3, 2]))
+    assert w.tolist() == pytest.approx([0.375, 1.125, 1.5])
+    assert w.mean().item() == pytest.approx(1.0)
+    # Whole episodes (one row each) keep weight 1; a row without units gets 0 and does not count.
+    assert episode_weights(torch.tensor([4, 7, 9]), torch.tensor([2, 5, 1])).tolist() == [1.0, 1.0, 1.0]
+    assert episode_weights(torch.tensor([0, 0, 1]), torch.tensor([2, 0, 3])).tolist() == pytest.approx([1.0, 0.0, 1.0])
+    with pytest.raises(OpsInputError, match="units must be >= 0"):
+        episode_weights(torch.tensor([0]), torch.tensor([-1]))
+    with pytest.raises(OpsInputError, match="same shape"):
+        episode_weights(torch.tensor([0, 1]), torch.tensor([1]))
+
+
+def test_weighted_turn_rows_give_the_per_episode_token_mean() -> None:
+    # Two episodes of per-token losses: a long failure [-3, -3, -3, -3] (four one-token turns) and a short success
+    # [2, 4] (two turns). LOOP's seq-mean-token-mean over episodes: ((-3) + 3) / 2 = 0.
+    whole = aggregate(t([[-3.0, -3.0, -3.0, -3.0], [2.0, 4.0, 0.0, 0.0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]),
+                      "seq-mean-token-mean")  # fmt: skip
+    assert whole.item() == pytest.approx(0.0)
+    # The same tokens as six one-token turn rows: unweighted, the failure counts four times, the success twice.
+    rows, mask = t([[-3.0], [-3.0], [-3.0], [-3.0], [2.0], [4.0]]), torch.ones(6, 1)
+    assert aggregate(rows, mask, "seq-mean-token-mean").item() == pytest.approx((-12 + 6) / 6)  # -1: biased down
+    weights = episode_weights(torch.tensor([0, 0, 0, 0, 1, 1]), torch.ones(6, dtype=torch.long))
+    # Weighted, the rows give the per-episode mean again: the weights' R/E cancels the mean over R rows, not E.
+    assert aggregate(rows, mask, "seq-mean-token-mean", seq_weights=weights).item() == pytest.approx(0.0)
+    rows2 = t([[-1.0], [-1.0], [-1.0], [-1.0], [2.0], [4.0]])  # episode means -1 and 3: (-1 + 3) / 2 = 1
+    assert aggregate(rows2, mask, "seq-mean-token-mean", seq_weights=weights).item() == pytest.approx(1.0)
+    with pytest.raises(OpsInputError, match="one non-negative weight per row"):
+        aggregate(rows, mask, "seq-mean-token-mean", seq_weights=torch.ones(5))
 
 
 def ratio_level_example() -> dict[str, torch.Tensor]:

@@ -234,10 +234,11 @@ class PolicyGradientTrainer:
         # Only kept episodes are scored (dropped ones carry no gradient); the scoring matches the loss's.
         old_logp = self._behaviour_logprobs(batch) if old_logp is None else old_logp[keep, : batch.loss_mask.shape[1]]
         advantages = adv[batch.episode]
+        weights = self.row_weights(batch)
         stats.update(
             self.run_epochs(
                 len(keep),
-                lambda rows: self._minibatch(batch, rows, advantages, old_logp),
+                lambda rows: self._minibatch(batch, rows, advantages, old_logp, weights),
                 ("loss", "clip_frac", "entropy", "approx_kl"),
             )
         )
@@ -287,8 +288,31 @@ class PolicyGradientTrainer:
                 parts.append(torch.nn.functional.pad(logp.float().cpu(), (0, batch.loss_mask.shape[1] - logp.shape[1])))
         return torch.cat(parts)
 
+    def row_weights(self, batch: TokenBatch) -> torch.Tensor | None:
+        """Weights that make ``seq-mean-token-mean`` a mean per episode when episodes are split into turn rows.
+
+        ``ops.episode_weights`` over the batch's rows (see there why: without them an episode weighs as many times as
+        it has turns, and failed episodes run longest). None when rows are whole episodes or the mode has no
+        per-sequence mean.
+        """
+        if self.cfg.agg != "seq-mean-token-mean" or len(torch.unique(batch.episode)) == len(batch.episode):
+            return None
+        valid = batch.loss_mask > 0
+        if self.cfg.ratio_level == "token":
+            units = valid.sum(1)
+        elif self.cfg.ratio_level == "turn":
+            units = torch.tensor([len(torch.unique(batch.turn_ids[r][valid[r]])) for r in range(len(valid))])
+        else:  # one trajectory ratio per row
+            units = valid.any(1).long()
+        return ops.episode_weights(batch.episode, units)
+
     def _minibatch(
-        self, batch: TokenBatch, rows: torch.Tensor, advantages: torch.Tensor, old_logp: torch.Tensor
+        self,
+        batch: TokenBatch,
+        rows: torch.Tensor,
+        advantages: torch.Tensor,
+        old_logp: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> dict[str, float] | None:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,6 +340,7 @@ class PolicyGradientTrainer:
                 turn_ids=sub.turn_ids.to(device).clamp(min=0),
                 clip=cfg.clip,
                 agg=cfg.agg,
+                seq_weights=None if weights is None else weights[micro].to(device),
                 kl=kl,
                 kl_coef=cfg.kl_coef,
             )

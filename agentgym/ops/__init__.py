@@ -25,7 +25,7 @@ from agentgym.ops.advantages import (
     whiten,
 )
 from agentgym.ops.kl import KLKind, k1_divergence, kl_estimate, kl_penalized_rewards, trajectory_log_ratio
-from agentgym.ops.losses import AggMode, ClipKind, RatioLevel, aggregate, clip_range, policy_loss
+from agentgym.ops.losses import AggMode, ClipKind, RatioLevel, aggregate, clip_range, episode_weights, policy_loss
 from agentgym.ops.mc import blend_values, mc_grpo_advantages, mc_td_advantages  # noqa: F401 - re-exported
 from agentgym.ops.returns import gae, reinforce_pp_returns
 
@@ -39,6 +39,7 @@ __all__ = [
     "broadcast",
     "broadcast_turns",
     "clip_range",
+    "episode_weights",
     "gae",
     "group_normalized",
     "k1_divergence",

@@ -70,7 +70,9 @@ def clip_range(eps: float, *, kind: ClipKind = "symmetric", eps_high: float | No
     raise OpsInputError(f"kind must be 'symmetric' or 'loop', got {kind!r}.")
 
 
-def aggregate(values: Tensor, mask: Tensor, mode: AggMode, *, divisor: float | None = None) -> Tensor:
+def aggregate(
+    values: Tensor, mask: Tensor, mode: AggMode, *, divisor: float | None = None, seq_weights: Tensor | None = None
+) -> Tensor:
     """Reduce a ``[B, U]`` grid of per-unit losses to a scalar.
 
     - ``token-mean``: ``sum(m * L) / sum(m)`` (DAPO), every unit in the batch weighs the same.
@@ -82,11 +84,15 @@ def aggregate(values: Tensor, mask: Tensor, mode: AggMode, *, divisor: float | N
     (``sum(m)``, ``B`` or ``L_max``) by a constant: LOOP divides by the *configured* minibatch size so that rows
     dropped by its advantage filter shrink the step instead of being renormalised away.
 
+    ``seq_weights`` multiplies each row's term (its mean or sum) before the reduction: with rows that are the turns
+    of longer episodes, :func:`episode_weights` makes ``seq-mean-token-mean`` a mean over each *episode's* units.
+
     Args:
         values: ``[B, U]`` per-unit losses (anything at masked units is ignored, inf/NaN included).
         mask: ``[B, U]`` 1 at valid units.
         mode: One of the four modes above.
         divisor: Optional constant denominator.
+        seq_weights: Optional ``[B]`` non-negative weight of each row (constant; 1 by default).
 
     Returns:
         A 0-dim tensor in the dtype of ``values``; ``0`` for an all-masked batch.
@@ -102,6 +108,14 @@ def aggregate(values: Tensor, mask: Tensor, mode: AggMode, *, divisor: float | N
         raise OpsInputError(f"divisor must be positive, got {divisor}.")
     valid = mask > 0
     per_unit = torch.where(valid, values, 0.0)
+    if seq_weights is not None:
+        check_ndim("seq_weights", seq_weights, 1, "[B]")
+        if seq_weights.shape[0] != values.shape[0] or bool((seq_weights < 0).any()):
+            raise OpsInputError(
+                f"seq_weights needs one non-negative weight per row: shape {tuple(seq_weights.shape)} for "
+                f"{values.shape[0]} rows, min {float(seq_weights.min()) if seq_weights.numel() else 0.0}."
+            )
+        per_unit = per_unit * seq_weights.detach().to(values.dtype)[:, None]
     row_sum = per_unit.sum(dim=1)
     row_count = valid.sum(dim=1).to(values.dtype)
     if mode == "token-mean":
@@ -111,6 +125,44 @@ def aggregate(values: Tensor, mask: Tensor, mode: AggMode, *, divisor: float | N
     rows = (row_count > 0).sum().to(values.dtype).clamp(min=1.0)
     per_row = row_sum / row_count.clamp(min=1.0) if mode == "seq-mean-token-mean" else row_sum
     return per_row.sum() / (divisor if divisor is not None else rows)
+
+
+def episode_weights(episode: Tensor, units: Tensor) -> Tensor:
+    """Row weights under which per-row means add up to per-episode means, for episodes split into turn rows.
+
+    When each turn of an episode is trained as its own row (prompts with truncated history), a per-row mean
+    (``seq-mean-token-mean``) weighs an episode by its number of turns: a 10-turn failure counts twice as much as a
+    5-turn success, and since failures run longer, the update leans towards pushing sampled actions down. LOOP's
+    loss is a mean over each rollout's tokens, every rollout weighing the same. Weighting row ``r`` of episode ``e``
+    by ``u_r / U_e`` (its share of the episode's units) restores that; the factor ``R / E`` (rows per episode in
+    the batch) keeps the weights' mean at 1, so the step size over an epoch of rows is unchanged.
+
+    Args:
+        episode: ``[R]`` integer episode of each row.
+        units: ``[R]`` loss units of each row (valid tokens, or turns for turn-level ratios); rows with 0 units
+            get weight 0.
+
+    Returns:
+        ``[R]`` float weights; all 1 when every episode is a single row.
+
+    Raises:
+        OpsInputError: On shape mismatches or negative unit counts.
+    """
+    check_ndim("episode", episode, 1, "[R]")
+    check_ndim("units", units, 1, "[R]")
+    if episode.shape != units.shape:
+        raise OpsInputError(f"episode {tuple(episode.shape)} and units {tuple(units.shape)} need the same shape [R].")
+    if bool((units < 0).any()):
+        raise OpsInputError(f"units must be >= 0, got min {float(units.min())}.")
+    if episode.numel() == 0:
+        return torch.zeros(0, dtype=torch.float32)
+    ids, index = torch.unique(episode, return_inverse=True)
+    u = units.to(torch.float64)
+    totals = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, index, u)
+    share = torch.where(u > 0, u / totals[index].clamp(min=1e-12), 0.0)
+    rows_with_units = float((u > 0).sum())
+    episodes_with_units = float((totals > 0).sum())
+    return (share * (rows_with_units / max(episodes_with_units, 1.0))).to(torch.float32)
 
 
 class _Units(NamedTuple):
@@ -226,6 +278,7 @@ def policy_loss(
     dual_clip: float | None = None,
     agg: AggMode = "seq-mean-token-mean",
     agg_divisor: float | None = None,
+    seq_weights: Tensor | None = None,
     kl: Tensor | None = None,
     kl_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -250,6 +303,8 @@ def policy_loss(
         dual_clip: Dual-clip constant ``c > 1`` for negative advantages (3.0 is usual), or ``None``.
         agg: Aggregation mode, see :func:`aggregate`.
         agg_divisor: Constant denominator for ``agg`` (LOOP's configured minibatch size, Dr.GRPO's ``L_max``).
+        seq_weights: Optional ``[B]`` weight of each row in ``agg`` (:func:`episode_weights` for turn rows); the KL
+            term is weighted the same way.
         kl: Optional ``[B, T]`` per-token KL to a reference (:func:`agentgym.ops.kl_estimate`).
         kl_coef: Weight of the KL term; must be 0 when ``kl`` is None.
 
@@ -276,12 +331,12 @@ def policy_loss(
     adv = torch.where(valid, advantages.detach().to(wdt), 0.0)
     units = _units(log_ratio, adv, valid, ratio_level, turn_ids)
     surrogate = _clipped_surrogate(units, clip, dual_clip)
-    pg_loss = aggregate(surrogate[0], units.mask, agg, divisor=agg_divisor)
+    pg_loss = aggregate(surrogate[0], units.mask, agg, divisor=agg_divisor, seq_weights=seq_weights)
     stats = _loss_stats(log_ratio, valid, units, surrogate)
     stats["pg_loss"] = pg_loss.detach()
     loss = pg_loss
     if kl is not None:
-        kl_loss = aggregate(kl.to(wdt), valid, agg, divisor=agg_divisor)
+        kl_loss = aggregate(kl.to(wdt), valid, agg, divisor=agg_divisor, seq_weights=seq_weights)
         stats["kl_loss"] = kl_loss.detach()
         loss = loss + kl_coef * kl_loss
     return loss.to(logp.dtype), stats

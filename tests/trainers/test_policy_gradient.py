@@ -190,6 +190,13 @@ def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_p
     whole = make_batch(trainer.backend, trajectories)
     on = whole.loss_mask.bool()
     assert not torch.allclose(trainer._behaviour_logprobs(whole)[on], whole.sampled_logp[on], atol=2e-4)
+    # The loss weighs each episode once, as LOOP's per-rollout token mean: a row's weight is its share of its
+    # episode's tokens (times 4 rows per episode, so the weights average 1). Whole-episode rows need none.
+    weights, tokens = trainer.row_weights(rows), rows.loss_mask.sum(1).double()
+    for episode in range(len(trajectories)):
+        own = rows.episode == episode
+        torch.testing.assert_close(weights[own].double(), 4 * tokens[own] / tokens[own].sum(), rtol=1e-6, atol=0)
+    assert trainer.row_weights(whole) is None
     stats = trainer.update(trajectories)
     assert stats.get("optimizer_steps", 0) >= 1 or stats.get("update_skipped_no_signal") == 1.0
 
