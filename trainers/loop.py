@@ -5,6 +5,10 @@ normalisation; rollouts with |A| < 0.01 are dropped; per-token PPO ratios clippe
 [1/(1+eps), 1+eps] with eps = 0.1; per-rollout token-mean losses summed and divided by the configured minibatch
 size; two epochs per iteration; no value network and no reference model, so exactly one copy of the model is in
 memory. LoRA (r=16, alpha=32 on every linear layer) is the paper's setting and the default here.
+
+With prompts that keep only recent turns (``policy.history_turns``, 0 by default here), each turn of a rollout is
+trained as its own row with exactly the prompt it was sampled from; the rows are weighted by their share of the
+rollout's tokens (``ops.episode_weights``), so each rollout still counts once, as in the paper's per-rollout mean.
 """
 
 from __future__ import annotations
