@@ -573,7 +573,7 @@ class PolicyGradientTrainer:
             # As the SFT trainer: with truncated history each turn is its own row, with the prompt the policy sees.
             self._warmup_batch = make_batch(self.backend, demos, history_turns=self.cfg.policy.history_turns)
             metrics[f"{name}_demonstrations"] = float(len(demos))
-            metrics[f"{name}_sequences"] = float(self._warmup_batch.input_ids.shape[0])
+            metrics[f"{name}_sequences"] = float(len(self._warmup_batch.episode))  # rows: episodes or turns
         stats = self._warmup.epoch(self._warmup_batch, epoch)
         metrics.update({f"{name}_{key}": value for key, value in stats.items()})
         metrics.update(

@@ -20,6 +20,7 @@ from trainers.common import make_batch, score  # noqa: E402
 
 MLP_BANDIT = [
     "env.id=bandit",
+    "warmup_demos=0",  # LOOP's default warm start is for Sokoban; these tests learn from the rewards alone
     "env.kwargs={}",
     "policy.network=mlp",
     "lr=0.01",

@@ -132,9 +132,10 @@ def test_mc_grpo_advantages_reach_the_loss_with_the_right_signs(tmp_path, tiny_b
     seen = []
     original = trainer._minibatch
 
-    def spy(batch, rows, advantages, old_logp):
+    def spy(batch, rows, advantages, old_logp, weights):
+        assert weights is None  # one-turn rows, each its own episode: no episode weights
         seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
-        return original(batch, rows, advantages, old_logp)
+        return original(batch, rows, advantages, old_logp, weights)
 
     monkeypatch.setattr(trainer, "_minibatch", spy)
     stats = trainer.update(trainer.collect(0))
