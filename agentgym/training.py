@@ -120,10 +120,10 @@ def train(
         bar = progress.add_task("steps", total=trainer_obj.total_steps(), stats="evaluating before training ...")
 
         def on_iteration(done: int, metrics: dict[str, Any]) -> None:
-            stage = next((name for name in ("warmup", "glad") if f"{name}_epoch" in metrics), None)
-            if stage is not None:  # an epoch of a supervised first stage (a warm start, ProAct's GLAD)
+            stage = getattr(trainer_obj, "stage_name", None)  # the supervised first stage's metric prefix
+            if stage is not None and f"{stage}_epoch" in metrics:  # an epoch of it (a warm start, ProAct's GLAD)
                 stats = (
-                    f"{'warm start' if stage == 'warmup' else 'GLAD'} epoch {int(metrics[f'{stage}_epoch'])}: "
+                    f"{'warm start' if stage == 'warmup' else stage.upper()} epoch {int(metrics[f'{stage}_epoch'])}: "
                     f"loss {metrics.get(f'{stage}_loss', 0):.3f}  "
                     f"demonstrated-token prob {metrics.get(f'{stage}_token_prob', 0):.0%}  "
                     f"{metrics.get('iteration_s', 0):.0f}s"
