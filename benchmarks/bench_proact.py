@@ -28,10 +28,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: suite -> (env id, constructor kwargs). Sokoban keeps the trainer's default shaping (it does not change success).
+#: The trainers' default Sokoban view and shaping (``trainers.common.default_env``), the preset aside.
+SOKOBAN = {"distance_reward": 0.5, "approach_reward": 0.2, "text_positions": True}
+#: suite -> (env id, constructor kwargs).
 SUITES: dict[str, tuple[str, dict[str, object]]] = {
-    "sokoban-tiny": ("sokoban", {"preset": "tiny", "distance_reward": 0.5, "approach_reward": 0.2}),
-    "sokoban-easy": ("sokoban", {"preset": "easy", "distance_reward": 0.5, "approach_reward": 0.2}),
+    "sokoban-tiny": ("sokoban", {**SOKOBAN, "preset": "tiny"}),
+    "sokoban-easy": ("sokoban", {**SOKOBAN, "preset": "easy"}),
     "2048-3x3": ("game2048", {"size": 3}),
     "2048-4x4": ("game2048", {"size": 4}),
 }

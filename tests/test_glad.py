@@ -59,8 +59,8 @@ def test_sokoban_chains_are_short_factual_and_choose_the_oracle_action(tokenizer
         assert turns > 0 and success  # the chosen actions solve the level
     env.reset(seed=0, options={"task": 2})
     chain, _ = chain_writer(env)(env, BUDGET)
-    assert chain.startswith("Player (")
-    assert {"Up:", "Down:", "Left:", "Right:"} <= set(chain.split())
+    assert chain.startswith(env.unwrapped.positions_line())  # the offsets line, whether or not the view shows it
+    assert chain.startswith("Box ") and {"Up:", "Down:", "Left:", "Right:"} <= set(chain.split())
 
 
 def test_sokoban_chain_names_walls_and_deadlocks() -> None:
@@ -69,8 +69,8 @@ def test_sokoban_chain_names_walls_and_deadlocks() -> None:
     for task in env.unwrapped.task_set.tasks("train", 12):
         env.reset(seed=0, options={"task": task})
         chain, _ = chain_writer(env)(env, BUDGET)
-        seen |= {word for word in ("wall.", "deadlock.", "left.", "blocked.") if word in chain}
-    assert {"wall.", "left."} <= seen
+        seen |= {word for word in ("wall.", "deadlock.", "moves.", "blocked.", "shortest.") if word in chain}
+    assert {"wall.", "moves.", "shortest."} <= seen
 
 
 def test_2048_chains_are_short_and_choose_the_oracle_action(tokenizer: Any) -> None:
@@ -154,3 +154,19 @@ def test_sft_replay_keeps_the_chain_in_the_trained_tokens(tmp_path: Path, smol_t
         trained = smol_tokenizer.decode([i for i, m in zip(demo.token_ids, demo.loss_mask) if m])
         assert demo.success
         assert chain_of(actions[0]) in trained and trained.count("<think>") == len(actions)
+
+
+def test_sokoban_chain_golden(tmp_path: Path) -> None:
+    """Hand-checked chains: the offsets, each move's consequence against the plan, and the choice."""
+    levels = tmp_path / "two.xsb"
+    levels.write_text("; 1\n######\n# $@.#\n#    #\n######\n\n; 2\n#####\n#@$.#\n#   #\n#####\n")
+    env = agentgym.make("sokoban", level_file=str(levels), text_positions=True)
+    writer = chain_writer(env)
+    env.reset(seed=0, options={"task": 0})
+    # Pushing left puts the box in a corner; going right means walking round the long way (8 moves vs 6).
+    assert writer(env, BUDGET) == ("Box 1 left of you, target 2 right of it. Up: wall. Down: shortest. "
+                                   "Left: pushes box into a corner, deadlock. Right: 2 more moves. Best: Down.", 1)
+    env.reset(seed=0, options={"task": 1})
+    assert writer(env, BUDGET) == ("Box 1 right of you, target 1 right of it. Up: wall. Down: 2 more moves. "
+                                   "Left: wall. Right: pushes box, solves it. Best: Right.", 3)
+    assert env.unwrapped.text_observation().splitlines()[-2] == "Box 1 right of you, target 1 right of it."

@@ -332,8 +332,17 @@ class SokobanEnv(AgentEnv[SokobanState]):
         grid = render.text_grid(self._grid, self.size, self.width, self._rows, self._cols, outside,
                                 self.text_style)
         if self.text_positions:
-            grid += "\n" + render.positions_line(self._grid, self.size, self.width, self._rows, self._cols)
+            grid += "\n" + self.positions_line()
         return f"{grid}\n{render.LEGENDS[self.text_style]}"
+
+    def positions_line(self) -> str:
+        """The offsets line (``text_positions``) of the current position.
+
+        Example: ``Box 1 up and 1 right of you, target 2 left of it.``
+        """
+        if self._level is None:
+            raise StateError("positions_line() before reset(): call reset() first.")
+        return render.positions_line(self._grid, self.size, self.width, self._rows, self._cols)
 
     def render_rgb(self) -> np.ndarray:
         """A ``(16*H, 16*W, 3)`` uint8 image of the current state."""

@@ -1,17 +1,19 @@
 """GLAD chains for Sokoban: the push-optimal solver's view of the current position, in a few causal clauses.
 
 The chosen action is the first action of the solver's plan from the current position (exactly what
-``SokobanEnv.oracle_action`` plays). Each of the four moves is then tried on a copy of the position: a wall, a box
-that cannot move, a push that makes the level unsolvable (a corner, a dead square, a frozen box: the solver's own
-deadlock tests), or the optimal number of moves left after it (re-solved from the successor). Example::
+``SokobanEnv.oracle_action`` plays). The chain first says where things are, in the words of the env's offsets line
+(``SokobanEnv.positions_line``: where each box is from the player, where its nearest free target is from the box).
+Each of the four moves is then tried on a copy of the position and judged against the plan: a wall, a box that
+cannot move, a push that makes the level unsolvable (a corner, a dead square, a frozen box: the solver's own
+deadlock tests), or how much longer the shortest solution gets (re-solved from the successor). Example::
 
-    Player (3,2), box (3,3), target (4,2). Up: 7 moves left. Down: 5 moves left. Left: wall.
-    Right: pushes box to (3,4), corner -> deadlock. Best: Down.
+    Box 1 up and 1 right of you, target 2 left of it. Up: shortest. Down: 2 more moves. Left: wall.
+    Right: pushes box into a corner, deadlock. Best: Up.
 
-"N moves left" counts the move itself: the length of the shortest solution (among those with the fewest pushes)
-that starts with it.
-
-Coordinates are (row, column) counted from 1 at the top-left cell of the grid the text view shows.
+Everything is relative: a small model reads offsets far more reliably than it counts grid columns (absolute
+coordinates were the first format; SmolLM2 learned the format but not the coordinates), and "shortest" / "N more
+moves" make the choice follow from the clauses without comparing step counts. "Shortest" is the solver's order:
+fewest pushes, then fewest moves; a move that saves moves at the cost of pushes reads "more pushes".
 """
 
 from __future__ import annotations
@@ -44,13 +46,11 @@ def glad_chain(env: Any, budget: SearchBudget) -> tuple[str, int] | None:
     if best is None or not best.plan:
         return None
     action = best.plan[0]
-    clauses = [_describe(level, board, boxes, player)]
+    clauses = [env.unwrapped.positions_line()]
     for a in range(4):
         if a == action:
-            push = _push_target(board, boxes, player, a)
-            where = f" pushes box to {_pos(level, push)}," if push is not None else ""
-            left = "solved" if best.moves == 1 else f"{best.moves} moves left"
-            clauses.append(f"{NAMES[a]}:{where} {left}.")
+            push = " pushes box," if _push_target(board, boxes, player, a) is not None else ""
+            clauses.append(f"{NAMES[a]}:{push} {'solves it' if best.moves == 1 else 'shortest'}.")
         else:
             clauses.append(_alternative(level, board, boxes, player, a, best, budget, deadline))
     clauses.append(f"Best: {NAMES[action]}.")
@@ -65,27 +65,6 @@ def _board(level: Level) -> Board:
             _BOARDS.clear()
         board = _BOARDS[key] = Board(level)
     return board
-
-
-def _pos(level: Level, cell: int) -> str:
-    r, c = divmod(cell, level.width)
-    return f"({r + 1},{c + 1})"
-
-
-def _describe(level: Level, board: Board, boxes: Sequence[int], player: int) -> str:
-    """Player, the boxes still off target and the free targets (placed boxes only counted)."""
-    on = [b for b in boxes if board.is_target[b]]
-    off = [b for b in boxes if not board.is_target[b]]
-    free = [t for t in board.targets if t not in boxes]
-
-    def listed(word: str, cells: list[int]) -> str:
-        plural = word + ("es" if word.endswith("x") else "s") if len(cells) > 1 else word
-        return f"{plural} " + " ".join(_pos(level, c) for c in cells)
-
-    parts = [f"Player {_pos(level, player)}", listed("box", off), listed("target", free)]
-    if on:
-        parts.append(f"{len(on)} placed")
-    return ", ".join(parts) + "."
 
 
 def _push_target(board: Board, boxes: Sequence[int], player: int, action: int) -> int | None:
@@ -120,16 +99,23 @@ def _alternative(level: Level, board: Board, boxes: Sequence[int], player: int, 
             return f"{name}: box blocked."
         new_boxes = sorted(push if b == ahead else b for b in boxes)
         if all(board.is_target[b] for b in new_boxes):
-            return f"{name}: pushes box to {_pos(level, push)}, solved."
+            return f"{name}: pushes box, solves it."
         if board.deadlock_reason(new_boxes):
-            return f"{name}: pushes box to {_pos(level, push)}, {_dead_kind(board, push)} -> deadlock."
-    moved = f" pushes box to {_pos(level, push)}," if push is not None else ""
+            return f"{name}: pushes box into {_dead_kind(board, push)}, deadlock."
+    moved = " pushes box," if push is not None else ""
     result = _solve(level, board, new_boxes, ahead, budget, deadline)
     if result is None:
-        return f"{name}:{moved} unsolvable -> deadlock."
+        return f"{name}:{moved} deadlock."
     moves, pushes = 1 + (result.moves or 0), (push is not None) + (result.pushes or 0)
-    extra = f" but {pushes} pushes vs {best.pushes}" if moves < (best.moves or 0) else ""
-    return f"{name}:{moved} {moves} moves left{extra}."
+    best_moves, best_pushes = best.moves or 0, best.pushes or 0
+    if pushes > best_pushes and moves <= best_moves:
+        verdict = "more pushes"
+    elif moves > best_moves:
+        extra = moves - best_moves
+        verdict = f"{extra} more move{'s' if extra > 1 else ''}"
+    else:
+        verdict = "also shortest"
+    return f"{name}:{moved} {verdict}."
 
 
 def _dead_kind(board: Board, cell: int) -> str:
@@ -137,5 +123,5 @@ def _dead_kind(board: Board, cell: int) -> str:
     w = board.width
     walls = board.walls
     if not board.is_target[cell] and (walls[cell - w] or walls[cell + w]) and (walls[cell - 1] or walls[cell + 1]):
-        return "corner"
-    return "dead square" if board.dead[cell] else "stuck"
+        return "a corner"
+    return "a dead square" if board.dead[cell] else "a stuck spot"

@@ -232,7 +232,7 @@ def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, mon
     first = trainer.train_step(0)
     lines = (tmp_path / "proact" / "glad.jsonl").read_text().splitlines()
     assert first["glad_tasks_written"] == len(lines) == first["glad_demonstrations"] == 2, first
-    assert json.loads(lines[0])["turns"][0]["action"].startswith("<think>Player (")
+    assert json.loads(lines[0])["turns"][0]["action"].startswith("<think>Box ")
     # One sequence per turn: the play-time prompt (history_turns=0: the current observation only), then the
     # chain-and-answer reply in the loss.
     batch = trainer._warmup_batch
@@ -243,7 +243,7 @@ def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, mon
         mask = batch.loss_mask[row, : n - 1]
         start = int(mask.nonzero()[0]) + 1
         reply = tok.decode(batch.input_ids[row, start:n])
-        assert reply.startswith("<think>Player (") and reply.endswith("</answer>"), reply
+        assert reply.startswith("<think>Box ") and reply.endswith("</answer>"), reply
         assert int(mask.sum()) == n - start  # everything after the prompt is the reply
         assert tok.decode(batch.input_ids[row, :start]).count("<|im_start|>user") == 1
     trainer.checkpoint(1)  # mid-GLAD: the GLAD optimizer is saved too
