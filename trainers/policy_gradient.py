@@ -604,7 +604,7 @@ class PolicyGradientTrainer:
         self.prepare()
         done = self.restore() if resume else 0
         started_fit = time.perf_counter()
-        if done == 0:
+        if done == 0 and cfg.eval_start:
             self.run.log(0, {**self.evaluate("dev", "start"), **self.evaluate("test", "start")})
         total = self.total_steps()
         budget = getattr(cfg, "time_budget_minutes", None)

@@ -159,6 +159,17 @@ def test_time_budget_stops_starting_iterations_and_says_so(tmp_path, tiny_backen
     assert "eval/test/success_rate" in records[-1]  # the final evaluation still ran
 
 
+def test_eval_start_false_skips_only_the_zero_shot_evaluation(tmp_path, tiny_backend):
+    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=9), "iterations=1", "tasks_per_iteration=2",
+                       "group_size=2", "minibatch_size=4", "eval_tasks=2", "eval_start=false")
+    trainer.fit()
+    samples = sorted(p.name for p in (trainer.run.path / "samples").glob("eval-*.jsonl"))
+    assert samples == ["eval-dev-end.jsonl", "eval-test-end.jsonl"]
+    records = trainer.run.metrics()
+    assert not any("eval/dev/success_rate" in r for r in records[:-1])  # only the final record evaluates
+    assert "eval/test/success_rate" in records[-1]
+
+
 @pytest.mark.parametrize("guided", [False, True])
 def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_path, tiny_backend, guided):
     # Memory: 4 turns. With history_turns=1 each prompt holds the system prompt, the previous turn and the new
