@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from environments.sokoban.env import ACTION_WORDS  # noqa: E402
+from environments.sokoban.env import SokobanEnv  # noqa: E402
 from environments.sokoban.oracle import solve_moves  # noqa: E402
 from environments.sokoban.xsb import Level, build_level  # noqa: E402
 
@@ -82,6 +82,14 @@ def read_run(path: Path) -> dict:
     }
 
 
+_PARSER = SokobanEnv(preset="tiny")
+
+
+def parse_action(reply: str | None) -> int | None:
+    """The action the env played for a recorded reply (a bare word, or a <think> chain then <answer>)."""
+    return _PARSER.parse_action(reply or "")
+
+
 def _grid(observation: str) -> Level:
     rows = []
     for line in observation.splitlines():
@@ -125,7 +133,7 @@ def episode_moves(record: dict, cache: dict) -> tuple[list[tuple[bool, float]], 
     player, boxes = level.player, tuple(level.boxes)
     moves, deadlocked = [], False
     for i, turn in enumerate(turns):
-        action = ACTION_WORDS.get((turn["action"] or "").strip().lower())
+        action = parse_action(turn["action"]) if turn.get("action_valid", True) else None
         nxt = (player, boxes) if action is None else _successor(level, player, boxes, action)
         if i + 1 < len(turns):  # the replay must reproduce the next observation
             seen = _grid(turns[i + 1]["observation"])

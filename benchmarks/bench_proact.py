@@ -56,9 +56,9 @@ def run_suite(suite: str, seed: int, out: Path, overrides: list[str]) -> None:
     print(f"  {suite} seed {seed}: {(time.perf_counter() - started) / 60:.1f} min wall", flush=True)
 
 
-def episodes(run: Path, stage: str) -> list[dict]:
-    """The test-split episodes the trainer evaluated at ``stage`` (``samples/eval-test-STAGE.jsonl``)."""
-    path = run / "samples" / f"eval-test-{stage}.jsonl"
+def episodes(run: Path, stage: str, split: str = "test") -> list[dict]:
+    """The episodes of ``split`` the trainer evaluated at ``stage`` (``samples/eval-SPLIT-STAGE.jsonl``)."""
+    path = run / "samples" / f"eval-{split}-{stage}.jsonl"
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -105,6 +105,19 @@ def describe_2048(infos: list[dict]) -> str:
     return f"score {sum(scores) / len(scores):,.0f} (max tile {spread}; n={len(infos)})"
 
 
+def move_quality(records: list[dict]) -> str:
+    """Sokoban moves replayed against the solver: the share on a shortest solution (from solvable, unsolved
+    positions), what a uniformly random move would score at the same positions, and the deadlocked episodes."""
+    from bench_learning_sokoban import _rates, episode_moves  # the learning benchmark's replay (same folder)
+
+    if not records:
+        return "no episodes"
+    cache: dict = {}
+    share, deadlocked, n, uniform = _rates([episode_moves(r, cache) for r in records])
+    return (f"moves on a shortest solution {share:.1%} of {n} (a uniformly random move: {uniform:.1%}), "
+            f"episodes with a deadlock {deadlocked:.0%}")
+
+
 def report(suites: list[str], seeds: list[int], out: Path) -> None:
     """Print the stage tables of every suite from the finished runs."""
     for suite in suites:
@@ -133,7 +146,9 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
             if env == "sokoban":
                 wins = sum(bool(e.get("success")) for e in eps)
                 rate = f"{wins / len(eps):.1%}" if eps else "-"
-                print(f"pooled {stage}: {wins}/{len(eps)} = {rate}")
+                dev = [e for _, run in runs for e in episodes(run, stage, "dev")]
+                print(f"pooled {stage}: test {wins}/{len(eps)} = {rate}, dev {sum(bool(e.get('success')) for e in dev)}"
+                      f"/{len(dev)}; {move_quality([*dev, *eps])}")
             else:
                 print(f"pooled {stage}: {describe_2048([last_info(e) for e in eps])}")
         missing = [seed for seed, run in runs if not episodes(run, "start")]
