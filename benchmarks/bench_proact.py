@@ -113,9 +113,21 @@ def move_quality(records: list[dict]) -> str:
     if not records:
         return "no episodes"
     cache: dict = {}
-    share, deadlocked, n, uniform = _rates([episode_moves(r, cache) for r in records])
+    replayed = [episode_moves(r, cache) for r in records]
+    share, deadlocked, n, uniform = _rates(replayed)
+    failed = [(r, dead) for r, (_, dead) in zip(records, replayed) if not r.get("success")]
+    # A state-only prompt and greedy decoding answer an unchanged board the same way: one move that changes
+    # nothing (into a wall or a blocked box) is then repeated to the turn limit.
+    looping = sum(not dead and _ends_in_noops(r) for r, dead in failed)
     return (f"moves on a shortest solution {share:.1%} of {n} (a uniformly random move: {uniform:.1%}), "
-            f"episodes with a deadlock {deadlocked:.0%}")
+            f"episodes with a deadlock {deadlocked:.0%}; of {len(failed)} failures {sum(d for _, d in failed)} "
+            f"deadlocked, {looping} repeated a move that changes nothing to the turn limit")
+
+
+def _ends_in_noops(record: dict, last: int = 3) -> bool:
+    """Whether an episode's last ``last`` moves all left the board as it was."""
+    turns = record.get("turns") or []
+    return len(turns) >= last and not any(t.get("info", {}).get("action_effective", True) for t in turns[-last:])
 
 
 def report(suites: list[str], seeds: list[int], out: Path) -> None:
