@@ -493,6 +493,8 @@ class PolicyGradientTrainer:
         cfg = self.cfg
         self.backend.model.eval()
         agent = build_policy(self.backend, cfg.policy, temperature=cfg.eval_temperature)
+        samples = self.run.path / "samples" / f"eval-{split}-{label}.jsonl"
+        samples.unlink(missing_ok=True)  # one evaluation per file: a resumed run's final one replaces the last's
         with torch.no_grad():
             summary, trajectories = evaluate_policy(
                 cfg.env.id,
@@ -503,7 +505,7 @@ class PolicyGradientTrainer:
                 seed=cfg.seed + 10_000,
                 env_kwargs=cfg.env.kwargs,
                 rollout=RolloutConfig(num_envs=cfg.num_envs, max_turns=cfg.env.max_turns),
-                trajectories_path=self.run.path / "samples" / f"eval-{split}-{label}.jsonl",
+                trajectories_path=samples,
             )
         return {
             f"eval/{split}/success_rate": summary.success_rate,

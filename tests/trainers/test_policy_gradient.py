@@ -170,6 +170,14 @@ def test_eval_start_false_skips_only_the_zero_shot_evaluation(tmp_path, tiny_bac
     assert "eval/test/success_rate" in records[-1]
 
 
+def test_an_evaluation_replaces_the_samples_of_the_same_label(tmp_path, tiny_backend):
+    trainer = _trainer(LoopTrainer, tmp_path, tiny_backend(seed=9), "eval_tasks=3")
+    path = trainer.run.path / "samples" / "eval-dev-end.jsonl"
+    for _ in range(2):  # a resumed run evaluates "end" again
+        trainer.evaluate("dev", "end")
+        assert len(path.read_text().splitlines()) == 3
+
+
 @pytest.mark.parametrize("guided", [False, True])
 def test_turn_rows_rescore_exactly_what_was_sampled_with_truncated_history(tmp_path, tiny_backend, guided):
     # Memory: 4 turns. With history_turns=1 each prompt holds the system prompt, the previous turn and the new
