@@ -12,6 +12,10 @@ Usage (CPU defaults are small; pass ``--set`` to scale them, e.g. ``--set glad_t
 
     .venv/bin/python benchmarks/bench_proact.py --suites sokoban-tiny 2048-3x3 --seeds 0 1 2 --out runs/bench-proact
     .venv/bin/python benchmarks/bench_proact.py --report-only --suites sokoban-tiny --out runs/bench-proact
+
+``--zero-shot-once`` evaluates the untrained model in the first seed only (Sokoban is deterministic, so greedy
+decoding gives every seed the same zero-shot episodes). Sokoban reports also replay every held-out move against
+the solver (share on a shortest solution, deadlocks, moves repeated on an unchanged board).
 """
 
 from __future__ import annotations
