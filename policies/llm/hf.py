@@ -20,11 +20,16 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from policies.llm.base import Generation, SamplingParams
 from policies.llm.hf_guided import ChoiceGuide, RowState, token_strings
 from policies.llm.hf_prefix import PrefixCache, assemble, extract
 from policies.llm.model_files import DEFAULT_MODEL, downloads_allowed, resolve_model
+
+#: The forward keyword (and output field) of the KV cache: ``cache`` from transformers 5.2x on, where
+#: ``past_key_values`` still works but warns on every call; ``past_key_values`` before.
+CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 _NEG_INF = float("-inf")
 
@@ -179,8 +184,8 @@ class HFBackend:
                           self.model.config.num_hidden_layers) if past else None
         cache = DynamicCache(ddp_cache_data=layers) if layers is not None else None
         out = self.model(input_ids=ids[:, past:], attention_mask=mask[:, :width], position_ids=positions[:, past:],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache, next_pos = out.past_key_values, positions[:, -1] + 1
+                         use_cache=True, logits_to_keep=1, **{CACHE: cache})
+        cache, next_pos = getattr(out, CACHE), positions[:, -1] + 1
         active = list(range(len(rows)))
         for step in range(params.max_new_tokens):
             tokens = self._next_tokens(out.logits[:, -1].float(), [rows[i] for i in active], params, generator)
@@ -198,7 +203,7 @@ class HFBackend:
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 active = [active[j] for j in keep]
             out = self.model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1],
-                             position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+                             position_ids=next_pos[:, None], use_cache=True, **{CACHE: cache})
             next_pos = next_pos + 1
 
     def _cache_common_prefix(self, prompts: Sequence[Sequence[int]]) -> None:
@@ -214,7 +219,7 @@ class HFBackend:
             return
         key = list(first[:common])
         out = self.model(input_ids=torch.tensor([key], device=self.device), use_cache=True)
-        self.prefix_cache.store(key, extract(out.past_key_values, 0, torch.ones(common, dtype=torch.long)))
+        self.prefix_cache.store(key, extract(getattr(out, CACHE), 0, torch.ones(common, dtype=torch.long)))
 
     def clear_prefix_cache(self) -> None:
         """Forget cached prompt keys/values; call after every change of the weights."""
@@ -321,10 +326,10 @@ class HFBackend:
 
             cache = DynamicCache()
             first = decoder(input_ids=input_ids[:1, :shared], position_ids=positions[:1, :shared],
-                            past_key_values=cache, use_cache=True).last_hidden_state
+                            use_cache=True, **{CACHE: cache}).last_hidden_state
             cache.batch_repeat_interleave(input_ids.shape[0])
             rest = decoder(input_ids=input_ids[:, shared:], attention_mask=attention_mask,
-                           position_ids=positions[:, shared:], past_key_values=cache, use_cache=True).last_hidden_state
+                           position_ids=positions[:, shared:], use_cache=True, **{CACHE: cache}).last_hidden_state
             hidden = torch.cat([first.expand(input_ids.shape[0], -1, -1), rest], 1)[:, :-1]
         else:
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
