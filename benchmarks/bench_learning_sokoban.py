@@ -133,7 +133,7 @@ def episode_moves(record: dict, cache: dict) -> tuple[list[tuple[bool, float]], 
     player, boxes = level.player, tuple(level.boxes)
     moves, deadlocked = [], False
     for i, turn in enumerate(turns):
-        action = parse_action(turn["action"]) if turn.get("action_valid", True) else None
+        action = parse_action(turn["action"])
         nxt = (player, boxes) if action is None else _successor(level, player, boxes, action)
         if i + 1 < len(turns):  # the replay must reproduce the next observation
             seen = _grid(turns[i + 1]["observation"])

@@ -129,8 +129,9 @@ class TrainerConfig:
     eval_tasks: int = 16
     """Held-out (dev split) tasks per evaluation; the final report also evaluates the test split."""
     eval_start: bool = True
-    """Evaluate dev and test before training (the zero-shot baseline). A greedy evaluation of the same model on the
-    same tasks gives the same numbers for every seed, so seeds after the first of a sweep may skip it."""
+    """Evaluate dev and test before training (the zero-shot baseline). On a deterministic env (Sokoban) with greedy
+    evaluations (``eval_temperature=0``) every seed gets the same zero-shot episodes, so the seeds after the first
+    of a sweep may skip it."""
     eval_temperature: float = 1.0
     """Sampling temperature of evaluations: 1 measures the stochastic policy being trained (0: greedy, which for
     a small untrained model often repeats one move forever)."""
