@@ -322,7 +322,7 @@ def cmd_glad(args: argparse.Namespace) -> int:
     from agentgym.glad import GladConfig, build_dataset
 
     config = GladConfig(tasks=args.tasks, split=args.split, seed=args.seed, max_turns=args.max_turns,
-                        search_seconds=args.search_seconds)
+                        search_seconds=args.search_seconds, detours=args.detours)
     with Progress(TextColumn("[bold]glad[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         bar = progress.add_task(args.env, total=args.tasks)
@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=200, help="turns per episode (SFT trains an episode as one "
                    "sequence: keep 2048 episodes short, e.g. 20)")
     p.add_argument("--search-seconds", type=float, default=10.0, help="search budget per step (seconds)")
+    p.add_argument("--detours", type=float, default=0.0, help="chance that a step is an untaught mistaken move, "
+                   "so taught turns also start off the oracle's path (e.g. 0.25; Sokoban)")
     p.set_defaults(fn=cmd_glad)
 
     p = sub.add_parser("train", help="train a policy with a registered trainer", add_help=False)

@@ -15,6 +15,13 @@ text in the tokenized reply; chains are about 20-40 words, 35-80 SmolLM2 tokens,
 of about 96 at play time). Train with the ``--env-kwargs`` the data was made with: replay checks that every
 observation matches the recorded one.
 
+Oracle play only visits the solver's own path, while a policy that errs once is off it, often with its mistake
+in the history (a small model repeats a blocked push it believes is shortest). ``GladConfig.detours`` (``agentgym
+glad --detours 0.25``, ProAct's ``glad_detours``) makes that fraction of the steps detours: the env family's
+``glad_detour(env, budget, rng)`` picks a worse move that keeps the task solvable and writes the mistaken chain
+that would choose it; the turn is played and kept in the conversation but recorded with ``info["teach"] = False``,
+so SFT gives it no loss (``trainers.sft.Untaught``) and teaches the recovery from the state it leads to.
+
 Chain writers are per env family: a function ``glad_chain(env, budget) -> (chain, action) | None`` in the module
 ``glad`` next to the env's module (``environments/sokoban/glad.py`` for ``environments.sokoban.env``), or one
 registered with :func:`register_chain_writer`. It returns None when the state has no good action (a dead end) and
@@ -29,6 +36,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from agentgym.config import ConfigError
 from agentgym.env import observation_text
@@ -85,6 +94,24 @@ def chain_writer(env: Any) -> ChainWriter:
     return writer
 
 
+DetourWriter = Callable[[Any, SearchBudget, Any], tuple[str, int] | None]
+
+
+def detour_writer(env: Any) -> DetourWriter:
+    """The detour writer of ``env``'s family: ``glad_detour`` next to its chain writer (see ``GladConfig.detours``)."""
+    base = getattr(env, "unwrapped", env)
+    package = type(base).__module__.rpartition(".")[0] or type(base).__module__
+    entry = CHAIN_WRITERS.get(package, f"{package}.glad:glad_chain")
+    module_name = entry.__module__ if callable(entry) else entry.partition(":")[0]
+    try:
+        return importlib.import_module(module_name).glad_detour
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise ConfigError(
+            f"detours > 0 needs a function glad_detour(env, budget, rng) -> (chain, action) | None in {module_name} "
+            f"(the mistaken move a detour plays); {type(base).__name__} has none. Set detours=0."
+        ) from exc
+
+
 def glad_reply(chain: str, action_name: str) -> str:
     """The reply a GLAD turn teaches: ``<think>CHAIN</think><answer>ACTION</answer>``."""
     # The LLM policy owns the answer tags; imported here so that importing agentgym never imports policies.
@@ -104,17 +131,26 @@ class GladConfig:
     seed: int = 0
     """Episode i is reset with seed + i (its spawns, for stochastic envs)."""
     max_turns: int = 200
-    """Turns per episode at most (an episode still running then is recorded as truncated)."""
+    """Taught turns per episode at most (an episode still running then is recorded as truncated); detours are
+    extra."""
     search_seconds: float = 10.0
     """Seconds the search of one step may take; a step that needs more skips its task."""
     search_nodes: int = 1_000_000
     """States one search may expand (for node-counting searches such as the Sokoban solver)."""
+    detours: float = 0.0
+    """Chance that a step is a detour: a mistaken move (from the env's ``glad_detour``) played and kept in the
+    history but not taught (``info["teach"] = False``), so the next, taught turn starts off the oracle's path with
+    the mistake in view. The step after a detour is never one. Oracle play alone only shows states on the
+    solver's path; a policy that errs once is then in states the data never covered."""
 
     def __post_init__(self) -> None:
         for name in ("tasks", "max_turns", "search_nodes"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
                     or getattr(self, name) < 1:
                 raise ConfigError(f"GladConfig.{name}={getattr(self, name)!r} must be an int >= 1.")
+        if isinstance(self.detours, bool) or not isinstance(self.detours, (int, float)) \
+                or not 0 <= self.detours < 1:
+            raise ConfigError(f"GladConfig.detours={self.detours!r} must be a probability in [0, 1), e.g. 0.25.")
         if not self.search_seconds > 0:
             raise ConfigError(f"GladConfig.search_seconds={self.search_seconds!r} must be > 0 seconds.")
 
@@ -135,6 +171,7 @@ class GladReport:
     timed_out: int = 0
     dead_ends: int = 0
     turns: int = 0
+    detours: int = 0
     chain_words: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -142,7 +179,8 @@ class GladReport:
         """One line for the terminal."""
         words = self.chain_words or [0]
         return (
-            f"wrote {self.written}/{self.requested} tasks ({self.successful} successful, {self.turns} turns) to "
+            f"wrote {self.written}/{self.requested} tasks ({self.successful} successful, {self.turns} taught turns"
+            f"{f' + {self.detours} untaught detours' if self.detours else ''}) to "
             f"{self.path}; skipped {self.timed_out} (search timeout) + {self.dead_ends} (dead end); chain words "
             f"mean {sum(words) / len(words):.1f}, max {max(words)}; {self.seconds:.1f}s"
         )
@@ -156,7 +194,9 @@ def play_glad_episode(env: Any, task: Hashable, seed: int, config: GladConfig,
                       writer: ChainWriter | None = None) -> Trajectory:
     """One oracle episode from ``(task, seed)`` whose replies carry the search chains.
 
-    Each reply is stepped as text, so the env's own parser checks that it names the chosen action.
+    Each reply is stepped as text, so the env's own parser checks that it names the chosen action. With
+    ``config.detours`` some steps are detours (a mistaken move, recorded with ``info["teach"] = False``); their
+    draws come from a generator seeded with ``seed``, so a build is reproducible.
 
     Raises:
         SearchTimeout: a step's search ran out of budget.
@@ -172,10 +212,18 @@ def play_glad_episode(env: Any, task: Hashable, seed: int, config: GladConfig,
         split=str(info.get("split", "")), difficulty=info.get("difficulty"),
         task_name=task_names[int(task)] if task_names else None, policy="glad",
     )
+    detour = detour_writer(env) if config.detours > 0 else None
+    rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    for _ in range(config.max_turns):
+    last_was_detour, taught = False, 0
+    while taught < config.max_turns:  # detours do not count (they never come twice in a row)
         text = observation_text(env, obs)
-        found = writer(env, config.budget)
+        found = None
+        if detour is not None and not last_was_detour and rng.random() < config.detours:
+            found = detour(env, config.budget, rng)
+        teach = found is None
+        if found is None:
+            found = writer(env, config.budget)
         if found is None:
             raise DeadEnd(f"task {task!r}: no action from turn {traj.steps} on")
         chain, action = found
@@ -184,7 +232,12 @@ def play_glad_episode(env: Any, task: Hashable, seed: int, config: GladConfig,
             raise AgentGymError(f"The GLAD reply {reply!r} does not parse to action {names[action]!r}; the chain "
                                 "writer must keep action words out of the answer tags.")
         obs, reward, terminated, truncated, info = env.step(reply)
-        traj.turns.append(Turn(text, reply, float(reward), bool(info.get("action_valid", True)), to_jsonable(info)))
+        info = to_jsonable(info)
+        if not teach:
+            info["teach"] = False
+        last_was_detour = not teach
+        taught += teach
+        traj.turns.append(Turn(text, reply, float(reward), bool(info.get("action_valid", True)), info))
         traj.episode_return += float(reward)
         traj.success = bool(info.get("success", False))
         if terminated or truncated:
@@ -238,8 +291,10 @@ def build_dataset(env_id: str, out: str | Path, config: GladConfig | None = None
                 sink.write(traj)
                 report.written += 1
                 report.successful += traj.success
-                report.turns += traj.steps
-                report.chain_words += [len(_chain_of(t.action).split()) for t in traj.turns]
+                taught = [t for t in traj.turns if t.info.get("teach", True)]
+                report.turns += len(taught)
+                report.detours += traj.steps - len(taught)
+                report.chain_words += [len(_chain_of(t.action).split()) for t in taught]
                 status = "written"
             if on_task is not None:
                 on_task(i, status)

@@ -61,7 +61,15 @@ def run_suite(suite: str, seed: int, out: Path, overrides: list[str]) -> None:
 
 
 def episodes(run: Path, stage: str, split: str = "test") -> list[dict]:
-    """The episodes of ``split`` the trainer evaluated at ``stage`` (``samples/eval-SPLIT-STAGE.jsonl``)."""
+    """The episodes of ``split`` the trainer evaluated at ``stage`` (``samples/eval-SPLIT-STAGE.jsonl``).
+
+    A run with ``stages=glad`` has no RL stage: its final evaluation is the after-GLAD one.
+    """
+    config = run / "config.yaml"
+    if config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("stages") == "glad":
+        if stage == "end":
+            return []
+        stage = "end" if stage == "glad" else stage
     path = run / "samples" / f"eval-{split}-{stage}.jsonl"
     if not path.is_file():
         return []

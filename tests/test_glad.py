@@ -11,6 +11,7 @@ import pytest
 import agentgym
 from agentgym import glad
 from agentgym.cli import main
+from agentgym.config import ConfigError
 from agentgym.errors import AgentGymError
 from agentgym.glad import GladConfig, SearchBudget, SearchTimeout, build_dataset, chain_writer, glad_reply
 from agentgym.trajectory import read_trajectories
@@ -170,3 +171,43 @@ def test_sokoban_chain_golden(tmp_path: Path) -> None:
     assert writer(env, BUDGET) == ("Box 1 right of you, target 1 right of it. Up: wall. Down: 2 more moves. "
                                    "Left: wall. Right: pushes box, solves it. Best: Right.", 3)
     assert env.unwrapped.text_observation().splitlines()[-2] == "Box 1 right of you, target 1 right of it."
+
+
+def test_detours_are_untaught_worse_moves_that_keep_the_level_solvable(tmp_path: Path) -> None:
+    kwargs = {"preset": "easy", "text_positions": True}
+    out = tmp_path / "detours.jsonl"
+    report = build_dataset("sokoban", out, GladConfig(tasks=8, detours=0.3, max_turns=12), env_kwargs=kwargs)
+    again = build_dataset("sokoban", tmp_path / "again.jsonl", GladConfig(tasks=8, detours=0.3, max_turns=12),
+                          env_kwargs=kwargs)
+    trajectories = list(read_trajectories(out))
+    replies = [[t.action for t in tr.turns] for tr in trajectories]
+    assert replies == [[t.action for t in tr.turns] for tr in read_trajectories(tmp_path / "again.jsonl")]
+    assert report.detours == sum(not t.info.get("teach", True) for tr in trajectories for t in tr.turns) > 0
+    assert report.turns == sum(t.info.get("teach", True) for tr in trajectories for t in tr.turns)
+    assert "untaught detours" in report.summary()
+    env = agentgym.make("sokoban", **kwargs)
+    writer = chain_writer(env)
+    names = env.unwrapped.action_names
+    for tr in trajectories:
+        env.reset(seed=tr.seed, options={"task": tr.task})
+        flags = [t.info.get("teach", True) for t in tr.turns]
+        assert all(a or b for a, b in zip(flags, flags[1:]))  # never two detours in a row
+        assert sum(flags) <= 12
+        for turn, teach in zip(tr.turns, flags):
+            true_chain, best = writer(env, BUDGET)
+            played = env.unwrapped.parse_action(turn.action)
+            if teach:
+                assert chain_of(turn.action) == true_chain and played == best
+            else:
+                clause = next(c for c in true_chain.split(". ") if c.startswith(f"{names[played]}:"))
+                assert played != best and not any(w in clause for w in ("shortest", "deadlock", "solves"))
+                assert chain_of(turn.action).endswith(f"Best: {names[played]}.")
+                assert f"{names[played]}:" in chain_of(turn.action) and "shortest" in chain_of(turn.action)
+            env.step(turn.action)
+
+
+def test_detours_need_a_detour_writer_and_a_probability(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="detours=1.0"):
+        GladConfig(detours=1.0)
+    with pytest.raises(ConfigError, match="glad_detour"):
+        build_dataset("2048", tmp_path / "d.jsonl", GladConfig(tasks=1, detours=0.2, max_turns=3))

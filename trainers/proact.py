@@ -130,6 +130,9 @@ class ProActConfig(PPOConfig):
     """Seconds one step's search may take; a task whose step needs more is skipped."""
     glad_search_nodes: int = 1_000_000
     """States one search may expand (the Sokoban solver)."""
+    glad_detours: float = 0.0
+    """Chance that a GLAD step is an untaught detour (a mistaken move kept in the history; ``GladConfig.detours``),
+    so the taught turns also cover recovering from off-path states. Sokoban has a detour writer."""
     glad_epochs: int = 2
     """SFT epochs over the GLAD sequences, one run step each (ProAct: 10)."""
     glad_lr: float = 1e-4
@@ -198,6 +201,9 @@ class ProActConfig(PPOConfig):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value!r} must lie in [0, 1], e.g. {name}=0.95.")
+        if isinstance(self.glad_detours, bool) or not isinstance(self.glad_detours, (int, float)) \
+                or not 0.0 <= self.glad_detours < 1.0:
+            raise ConfigError(f"glad_detours={self.glad_detours!r} must be a probability in [0, 1), e.g. 0.25.")
         for name in ("glad_lr", "glad_search_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0.")
@@ -416,6 +422,7 @@ class ProActTrainer(PPOTrainer):
             max_turns=cfg.glad_max_turns or cfg.env.max_turns,
             search_seconds=cfg.glad_search_seconds,
             search_nodes=cfg.glad_search_nodes,
+            detours=cfg.glad_detours,
         )
         report = build_dataset(cfg.env.id, partial, glad, env_kwargs=cfg.env.kwargs)
         if report.written == 0:
@@ -429,6 +436,7 @@ class ProActTrainer(PPOTrainer):
             "glad_tasks_written": float(report.written),
             "glad_tasks_skipped": float(report.timed_out + report.dead_ends),
             "glad_turns": float(report.turns),
+            "glad_detours": float(report.detours),
             "glad_chain_words_mean": float(np.mean(words)),
             "glad_build_s": report.seconds,
         }

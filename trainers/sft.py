@@ -158,10 +158,22 @@ def reply_for(env: Any, action: Any, *, think: bool) -> tuple[str, str | None]:
     return text, ending
 
 
+@dataclass(frozen=True)
+class Untaught:
+    """A demonstrated reply that is played and kept in the history but not taught (no loss covers it).
+
+    GLAD's detours are such replies: a mistaken move, so that the next, taught turn starts from an off-path state
+    with the mistake in its history (see ``agentgym.glad``).
+    """
+
+    action: Any
+
+
 class DemonstrationPolicy(LLMPolicy):
     """The LLM policy's prompts and bookkeeping, with replies taken from ``choose(env, memory)`` instead of sampled.
 
-    ``choose`` returns an action (index or name) or raw reply text, or None to stop the episode (a dead end).
+    ``choose`` returns an action (index or name) or raw reply text, :class:`Untaught` around one (played, kept as
+    history, not taught), or None to stop the episode (a dead end).
     """
 
     def __init__(self, tokenizer: Any, config: LLMPolicyConfig, choose: Callable[[Any, EpisodeMemory], Any]) -> None:
@@ -183,11 +195,15 @@ class DemonstrationPolicy(LLMPolicy):
                 actions.append("")
                 episodes.append({"stop": True, "warnings": ["no demonstrated action from here"]})
                 continue
+            teach = not isinstance(action, Untaught)
+            if not teach:
+                action = action.action
             text, choice = reply_for(env, action, think=self.config.think)
             ids = reply_ids(tokenizer, text, choice=choice, guided=self.config.guided, think=self.config.think)
             guided = self.config.guided and choice is not None
             finish = "choice" if guided else "eos"
-            conv.add_assistant(Generation(ids, [0.0] * len(ids), None, text, finish, constrained=guided))
+            conv.add_assistant(Generation(ids, [0.0] * len(ids), None, text, finish, constrained=guided),
+                               trainable=teach)
             memory.constrained |= guided
             memory.turns += 1
             actions.append(text)
@@ -324,7 +340,9 @@ class SFTTrainer(PolicyGradientTrainer):
                     recorded = Trajectory.from_dict(record)
                 except (json.JSONDecodeError, TypeError, KeyError) as exc:
                     raise AgentGymError(f"{cfg.data_file}:{number} is not a trajectory or chat ({exc}).") from exc
-                actions = [turn.action for turn in recorded.turns]
+                # A turn recorded with info["teach"] = False (a GLAD detour) is replayed as history, not taught.
+                actions = [turn.action if (turn.info or {}).get("teach", True) else Untaught(turn.action)
+                           for turn in recorded.turns]
                 policy = self.demo_policy(lambda _e, memory, a=actions: a[memory.turns])
                 replay = play_demonstration(
                     env, policy, recorded.task, recorded.seed, max_turns=len(actions), expected=recorded.turns
@@ -384,10 +402,13 @@ class SFTTrainer(PolicyGradientTrainer):
                     f"{self.cfg.data_file}:{line}: action {turn.action!r} is not in the env's action space "
                     f"{env.action_space}; the file was recorded on another env or settings."
                 )
-            traj.observations.append(obs)
-            traj.logprobs.append(0.0)
+            teach = (turn.info or {}).get("teach", True)  # an untaught turn (a detour) is stepped, not cloned
+            if teach:
+                traj.observations.append(obs)
+                traj.logprobs.append(0.0)
             obs, reward, terminated, truncated, info = env.step(action)
-            traj.turns.append(Turn(None, turn.action, float(reward), bool(info.get("action_valid", True)), {}))
+            if teach:
+                traj.turns.append(Turn(None, turn.action, float(reward), bool(info.get("action_valid", True)), {}))
             traj.episode_return += float(reward)
             traj.success = bool(info.get("success", False))
             if terminated or truncated:

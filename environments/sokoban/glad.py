@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from agentgym.glad import SearchBudget, SearchTimeout
 from environments.sokoban.oracle import Board, SolveResult, solve
 from environments.sokoban.xsb import Level
@@ -36,6 +38,40 @@ def glad_chain(env: Any, budget: SearchBudget) -> tuple[str, int] | None:
     Raises:
         SearchTimeout: a search ran past ``budget``.
     """
+    judged = _judge(env, budget)
+    if judged is None:
+        return None
+    clauses, action = judged
+    return " ".join([env.unwrapped.positions_line(), *clauses, f"Best: {NAMES[action]}."]), action
+
+
+def glad_detour(env: Any, budget: SearchBudget, rng: np.random.Generator) -> tuple[str, int] | None:
+    """A mistaken move and the chain that would justify it: the history of a GLAD detour (not taught).
+
+    The move is drawn uniformly from those that are worse than the plan but keep the level solvable (a wall, a
+    blocked box, a longer or pushier route), so the taught turn after it starts off the solver's path. The chain
+    is the true one with the mistaken move's clause claiming ``shortest`` and ``Best`` naming it: the failure the
+    model shows at play time (repeating a blocked push it calls shortest). None when no move qualifies.
+    """
+    judged = _judge(env, budget)
+    if judged is None:
+        return None
+    clauses, action = judged
+    worse = [a for a in range(4) if a != action and "deadlock" not in clauses[a] and "shortest" not in clauses[a]
+             and "solves" not in clauses[a]]
+    if not worse:
+        return None
+    detour = int(rng.choice(worse))
+    state = env.unwrapped.get_state()
+    board = _board(state.level)
+    boxes = [i for i, b in enumerate(state.boxes) if b]
+    push = " pushes box," if state.player + board.deltas[detour] in boxes else ""
+    clauses[detour] = f"{NAMES[detour]}:{push} shortest."
+    return " ".join([env.unwrapped.positions_line(), *clauses, f"Best: {NAMES[detour]}."]), detour
+
+
+def _judge(env: Any, budget: SearchBudget) -> tuple[list[str], int] | None:
+    """The four moves' clauses and the solver's action; None when the position is unsolvable."""
     state = env.unwrapped.get_state()
     level: Level = state.level
     board = _board(level)
@@ -46,15 +82,14 @@ def glad_chain(env: Any, budget: SearchBudget) -> tuple[str, int] | None:
     if best is None or not best.plan:
         return None
     action = best.plan[0]
-    clauses = [env.unwrapped.positions_line()]
+    clauses = []
     for a in range(4):
         if a == action:
             push = " pushes box," if _push_target(board, boxes, player, a) is not None else ""
             clauses.append(f"{NAMES[a]}:{push} {'solves it' if best.moves == 1 else 'shortest'}.")
         else:
             clauses.append(_alternative(level, board, boxes, player, a, best, budget, deadline))
-    clauses.append(f"Best: {NAMES[action]}.")
-    return " ".join(clauses), action
+    return clauses, action
 
 
 def _board(level: Level) -> Board:

@@ -27,8 +27,9 @@ class Segment:
     """A run of tokens of one kind.
 
     Attributes:
-        role: ``system``, ``user``, ``assistant`` (sampled, trainable) or ``template`` (closing tokens the template
-            adds after an assistant message; not trainable).
+        role: ``system``, ``user``, ``assistant`` (sampled, trainable), ``context`` (an assistant reply that is
+            history only: a demonstration's untaught detour, never in the loss mask) or ``template`` (closing
+            tokens the template adds after an assistant message; not trainable).
         ids: token ids.
         turn: the turn the segment belongs to (-1 for the system prompt).
         logprobs: per-token sampling log-probs (assistant segments only).
@@ -80,11 +81,14 @@ class Conversation:
             )
         self.segments.append(Segment("user", self._encode(after[len(before) :]), self.turn))
 
-    def add_assistant(self, generation: Generation) -> None:
-        """Append the sampled tokens (trainable) and the template's closing tokens (not trainable)."""
+    def add_assistant(self, generation: Generation, *, trainable: bool = True) -> None:
+        """Append the sampled tokens and the template's closing tokens (not trainable).
+
+        With ``trainable=False`` the reply is history only (role ``context``): later turns see it, no loss covers it.
+        """
         self.segments.append(
             Segment(
-                "assistant",
+                "assistant" if trainable else "context",
                 list(generation.token_ids),
                 self.turn,
                 list(generation.logprobs),

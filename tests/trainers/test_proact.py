@@ -318,3 +318,34 @@ def test_cli_runs_glad_then_mc_grpo_on_2048(tmp_path, tiny_backend):
     evaluated = [r["step"] for r in records if "eval/test/success_rate" in r]
     assert evaluated == [0, 1, 2]
     assert (out / "glad.jsonl").is_file() and (out / "checkpoints" / "step-000002" / "value_head.pt").is_file()
+
+
+def test_glad_detours_are_history_not_loss(tmp_path, tiny_backend):
+    """A detour reply stays in the episode's sequence but outside its loss mask; the taught replies are all in it."""
+    glad = [
+        "stages=glad",
+        "policy.think=true",
+        "policy.history_turns=null",
+        "glad_tasks=3",
+        "glad_detours=0.5",
+        "glad_epochs=2",  # the SFT batch is kept until the last epoch
+        "env.max_turns=10",
+    ]
+    trainer = _trainer(tmp_path, tiny_backend(seed=6), *glad, base=SOKOBAN)
+    first = trainer.train_step(0)
+    records = [json.loads(line) for line in (tmp_path / "proact" / "glad.jsonl").read_text().splitlines()]
+    detours = [[t for t in r["turns"] if t["info"].get("teach") is False] for r in records]
+    taught = [[t for t in r["turns"] if t["info"].get("teach", True)] for r in records]
+    assert first["glad_detours"] == sum(map(len, detours)) > 0 and first["glad_turns"] == sum(map(len, taught))
+    batch = trainer._warmup_batch
+    tok = trainer.backend.tokenizer
+    assert batch.input_ids.shape[0] == len(records)  # whole episodes: one row each
+    for row, (wrong, right) in enumerate(zip(detours, taught)):
+        n = int(batch.attention_mask[row].sum())
+        ids = batch.input_ids[row, 1:n]
+        mask = batch.loss_mask[row, : n - 1]
+        trained = tok.decode([int(i) for i, m in zip(ids, mask) if m > 0])
+        context = tok.decode([int(i) for i, m in zip(ids, mask) if m == 0])
+        assert trained.count("<think>") == len(right) and all(t["action"] in trained for t in right)
+        for t in wrong:  # in the prompt the later turns see, never in the loss
+            assert t["action"] in context and t["action"] not in trained
