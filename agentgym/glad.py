@@ -20,7 +20,9 @@ in the history (a small model repeats a blocked push it believes is shortest). `
 glad --detours 0.25``, ProAct's ``glad_detours``) makes that fraction of the steps detours: the env family's
 ``glad_detour(env, budget, rng)`` picks a worse move that keeps the task solvable and writes the mistaken chain
 that would choose it; the turn is played and kept in the conversation but recorded with ``info["teach"] = False``,
-so SFT gives it no loss (``trainers.sft.Untaught``) and teaches the recovery from the state it leads to.
+so SFT gives it no loss (``trainers.sft.Untaught``) and teaches the recovery from the state it leads to. With
+ProAct's state-only prompts (``policy.history_turns=0``) what a detour adds is that off-path state; with a history
+the taught turn also sees the mistake.
 
 Chain writers are per env family: a function ``glad_chain(env, budget) -> (chain, action) | None`` in the module
 ``glad`` next to the env's module (``environments/sokoban/glad.py`` for ``environments.sokoban.env``), or one

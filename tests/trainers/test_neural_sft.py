@@ -192,3 +192,16 @@ def test_policy_gradient_trainers_run_on_the_vertiport_gnn(name, compiled, tmp_p
     moved = [n for n, p in trainer.backend.model.named_parameters() if not torch.equal(before[n], p.detach())]
     # Every parameter but the policy network's own value head (PPO's critic is a separate network) is trained.
     assert sorted(set(before) - set(moved)) == sorted(n for n in before if n.startswith("value_head."))
+
+
+def test_untaught_turns_of_a_file_are_stepped_but_not_cloned(tmp_path):
+    day = _oracle_days("train", 1)[0]
+    record = json.loads(day.to_json())
+    record["turns"][2]["info"]["teach"] = False  # e.g. a GLAD detour
+    path = tmp_path / "days.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (new,) = _trainer("sft", tmp_path / "bc", f"data_file={path}", "epochs=1").neural_demonstrations()
+    assert len(new.turns) == len(new.observations) == len(day.turns) - 1
+    assert [t.action for t in new.turns] == [t.action for i, t in enumerate(day.turns) if i != 2]
+    # The turn after the skipped one is cloned from the state the skipped action led to.
+    np.testing.assert_array_equal(new.observations[2]["struct"]["aircraft"], day.observations[3]["struct"]["aircraft"])
