@@ -14,6 +14,10 @@ Everything is relative: a small model reads offsets far more reliably than it co
 coordinates were the first format; SmolLM2 learned the format but not the coordinates), and "shortest" / "N more
 moves" make the choice follow from the clauses without comparing step counts. "Shortest" is the solver's order:
 fewest pushes, then fewest moves; a move that saves moves at the cost of pushes reads "more pushes".
+
+``glad_detour`` writes GLAD's untaught detours (``GladConfig.detours``): a move judged worse than the plan but not
+a deadlock (a wall, a blocked box, a longer route), with the same clauses except that the mistaken move is called
+``shortest`` and chosen.
 """
 
 from __future__ import annotations
