@@ -13,6 +13,7 @@ Usage (CPU defaults are small; pass ``--set`` to scale them, e.g. ``--set glad_t
     .venv/bin/python benchmarks/bench_proact.py --suites sokoban-tiny 2048-3x3 --seeds 0 1 2 --out runs/bench-proact
     .venv/bin/python benchmarks/bench_proact.py --report-only --suites sokoban-tiny --out runs/bench-proact
 
+``--neighbors`` adds the Sokoban env's ``Around you`` line (``text_neighbors=True``: what each move runs into).
 ``--zero-shot-once`` evaluates the untrained model in the first seed only (Sokoban is deterministic, so greedy
 decoding gives every seed the same zero-shot episodes). Sokoban reports also replay every held-out move against
 the solver (share on a shortest solution, deadlocks, moves repeated on an unchanged board).
@@ -44,9 +45,10 @@ SUITES: dict[str, tuple[str, dict[str, object]]] = {
 STAGES = ("start", "glad", "end")
 
 
-def run_suite(suite: str, seed: int, out: Path, overrides: list[str]) -> None:
+def run_suite(suite: str, seed: int, out: Path, overrides: list[str], env_extra: dict[str, object]) -> None:
     """Train one (suite, seed) unless its run already finished (``report.md`` exists)."""
     env, kwargs = SUITES[suite]
+    kwargs = {**kwargs, **(env_extra if env == "sokoban" else {})}
     run = out / suite / f"seed{seed}"
     if (run / "report.md").exists():
         return
@@ -136,6 +138,71 @@ def move_quality(records: list[dict]) -> str:
             f"deadlocked, {looping} repeated a move that changes nothing to the turn limit")
 
 
+def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
+    """How the model's chains compare with the GLAD chain of the same position, replayed in the env.
+
+    Per move (Up/Down/Left/Right) the model's clause is right when it equals the true one word for word, counted by
+    the true verdict's kind; also the offsets line, and whether the answer is a move the model's own chain called
+    shortest (or solving): chains that are right but not followed, and choices the chain never justified.
+    """
+    from agentgym.glad import SearchBudget
+    from agentgym.registry import make
+    from environments.sokoban.glad import NAMES, glad_chain
+
+    env = make("sokoban", **kwargs)
+    budget = SearchBudget(seconds=30.0)
+    right: Counter = Counter()
+    seen: Counter = Counter()
+    positions = consistent = turns = 0
+    for record in records:
+        env.reset(seed=record["seed"], options={"task": record["task"]})
+        for turn in record.get("turns") or []:
+            found = glad_chain(env, budget)
+            reply = str(turn["action"])
+            env.step(reply)
+            if found is None:  # deadlocked or solved: no true chain to compare
+                continue
+            truth = _clauses(found[0])
+            said = _clauses(reply.partition("<think>")[2].partition("</think>")[0])
+            turns += 1
+            positions += said.get("where") == truth["where"]
+            for name in NAMES:
+                kind = _verdict_kind(truth[name])
+                seen[kind] += 1
+                right[kind] += said.get(name) == truth[name]
+            answer = env.unwrapped.parse_action(reply)
+            consistent += answer is not None and any(
+                w in said.get(NAMES[answer], "") for w in ("shortest", "solves it")
+            ) and "also" not in said.get(NAMES[answer], "x also")
+    env.close()
+    if not turns:
+        return "no solvable positions"
+    kinds = ", ".join(f"{k} {right[k]}/{seen[k]}" for k in sorted(seen, key=lambda k: -seen[k]))
+    return (f"chains vs the solver's at {turns} positions: offsets line right {positions / turns:.0%}; clauses "
+            f"right by true verdict: {kinds}; answer is a move its own chain calls shortest {consistent / turns:.0%}")
+
+
+def _clauses(chain: str) -> dict[str, str]:
+    """A Sokoban chain split into its offsets line (``where``) and each move's clause."""
+    out: dict[str, str] = {}
+    head, _, rest = chain.partition(" Up:")
+    out["where"] = head.strip()
+    rest = "Up:" + rest if rest else ""
+    for part in rest.split(". "):
+        name, colon, verdict = part.partition(":")
+        if colon and name in ("Up", "Down", "Left", "Right"):
+            out[name] = verdict.strip().rstrip(".")
+    return out
+
+
+def _verdict_kind(verdict: str) -> str:
+    for kind in ("solves it", "also shortest", "shortest", "more moves", "more move", "more pushes", "wall",
+                 "box blocked", "deadlock"):
+        if kind in verdict:
+            return {"more move": "more moves", "also shortest": "shortest"}.get(kind, kind)
+    return verdict
+
+
 def _ends_in_noops(record: dict, last: int = 3) -> bool:
     """Whether an episode's last ``last`` moves all left the board as it was."""
     turns = record.get("turns") or []
@@ -173,6 +240,10 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
                 dev = [e for _, run in runs for e in episodes(run, stage, "dev")]
                 print(f"pooled {stage}: test {wins}/{len(eps)} = {rate}, dev {sum(bool(e.get('success')) for e in dev)}"
                       f"/{len(dev)}; {move_quality([*dev, *eps])}")
+                if eps:
+                    # The runs' own env settings (a run may have added text_neighbors, say).
+                    config = yaml.safe_load((runs[0][1] / "config.yaml").read_text())
+                    print(f"  {stage}: {chain_accuracy([*dev, *eps], config['env']['kwargs'])}")
             else:
                 print(f"pooled {stage}: {describe_2048([last_info(e) for e in eps])}")
         missing = [seed for seed, run in runs if not episodes(run, "start")]
@@ -198,13 +269,15 @@ def main() -> None:
     parser.add_argument("--zero-shot-once", action="store_true",
                         help="evaluate the untrained model only in the first seed; for a deterministic env (Sokoban) "
                         "greedy decoding gives every seed the same zero-shot result (2048's tile spawns differ)")
+    parser.add_argument("--neighbors", action="store_true",
+                        help="Sokoban suites add the env's 'Around you' line (text_neighbors=True)")
     args = parser.parse_args()
     out = Path(args.out)
     if not args.report_only:
         for suite in args.suites:
             for i, seed in enumerate(args.seeds):
                 once = ["eval_start=false"] if args.zero_shot_once and i > 0 else []
-                run_suite(suite, seed, out, args.overrides + once)
+                run_suite(suite, seed, out, args.overrides + once, {"text_neighbors": True} if args.neighbors else {})
     report(args.suites, args.seeds, out)
 
 

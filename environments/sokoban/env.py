@@ -118,6 +118,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
     * ``text_style``: "xsb" (default) or "ragen".
     * ``text_positions``: add a line after the grid with each box's offset from the player and its nearest free
       target's offset from the box, e.g. ``Box 1 left of you, target 1 up of it.`` (default False).
+    * ``text_neighbors``: add a line after the grid saying what is next to the player in each direction and
+      behind a box there, e.g. ``Around you: up wall, down floor, left box then wall, right target.`` (default
+      False). Which moves hit a wall or a blocked box can then be read off one line instead of grid columns.
     * ``oracle_time_limit``: seconds the oracle may search per plan (default 30).
     * ``obs_mode``, ``invalid_action_penalty``, ``render_mode``: see ``AgentEnv``.
 
@@ -132,7 +135,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
     def __init__(self, preset: str = "easy", *, dim_room: tuple[int, int] | None = None,
                  num_boxes: int | None = None, level_file: str | Path | None = None, reward_mode: str = "gym",
                  distance_reward: float = 0.0, approach_reward: float = 0.0, max_steps: int | None = None,
-                 text_style: str = "xsb", text_positions: bool = False, oracle_time_limit: float = 30.0,
+                 text_style: str = "xsb", text_positions: bool = False, text_neighbors: bool = False,
+                 oracle_time_limit: float = 30.0,
                  obs_mode: str = "dict", invalid_action_penalty: float = 0.0, render_mode: str | None = None) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         if reward_mode not in REWARD_MODES:
@@ -143,6 +147,9 @@ class SokobanEnv(AgentEnv[SokobanState]):
         if not isinstance(text_positions, bool):
             raise ValueError(f"text_positions={text_positions!r} must be true or false.")
         self.text_positions = text_positions
+        if not isinstance(text_neighbors, bool):
+            raise ValueError(f"text_neighbors={text_neighbors!r} must be true or false.")
+        self.text_neighbors = text_neighbors
         if not np.isfinite(distance_reward) or distance_reward < 0:
             raise ValueError(f"distance_reward={distance_reward!r} must be a finite coefficient >= 0 (0: no shaping).")
         self.distance_reward = float(distance_reward)
@@ -159,7 +166,7 @@ class SokobanEnv(AgentEnv[SokobanState]):
             raise ValueError(f"max_steps={max_steps!r} must be a positive number of steps.")
         h, w = self.height, self.width
         self.size = h * w
-        self.text_max_length = (w + 1) * h + 200 + (60 * h * w if text_positions else 0)
+        self.text_max_length = (w + 1) * h + 200 + (60 * h * w if text_positions else 0) + (120 if text_neighbors else 0)
         self.text_charset = frozenset(BASE_CHARSET | {"√"})
         self.action_space = spaces.Discrete(4)
         self._build_observation_space(spaces.Box(0, 1, (4, h, w), np.uint8))
@@ -333,6 +340,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
                                 self.text_style)
         if self.text_positions:
             grid += "\n" + self.positions_line()
+        if self.text_neighbors:
+            grid += "\n" + self.neighbors_line()
         return f"{grid}\n{render.LEGENDS[self.text_style]}"
 
     def positions_line(self) -> str:
@@ -343,6 +352,15 @@ class SokobanEnv(AgentEnv[SokobanState]):
         if self._level is None:
             raise StateError("positions_line() before reset(): call reset() first.")
         return render.positions_line(self._grid, self.size, self.width, self._rows, self._cols)
+
+    def neighbors_line(self) -> str:
+        """The line of ``text_neighbors``: what is next to the player in each direction, and behind a box there.
+
+        Example: ``Around you: up wall, down floor, left box then wall, right target.``
+        """
+        if self._level is None:
+            raise StateError("neighbors_line() before reset(): call reset() first.")
+        return render.neighbors_line(self._grid, self.size, self.width, self._rows, self._cols)
 
     def render_rgb(self) -> np.ndarray:
         """A ``(16*H, 16*W, 3)`` uint8 image of the current state."""
@@ -359,6 +377,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
             "Answer with one action, e.g. <answer>Left</answer>."
             + (" Below the grid: where each box is from you, and its target from the box." if self.text_positions
                else "")
+            + (" The 'Around you' line says what is next to you in each direction (and behind a box there)."
+               if self.text_neighbors else "")
         )
 
     def parse_action(self, text: str) -> int | None:

@@ -61,6 +61,33 @@ def text_grid(grid: bytearray | bytes, size: int, width: int, rows: int, cols: i
     return "\n".join(lines)
 
 
+def neighbors_line(grid: bytearray | bytes, size: int, width: int, rows: int, cols: int) -> str:
+    """What is next to the player in each direction, and behind a box there (where a push would send it).
+
+    Example: ``Around you: up wall, down floor, left box then wall, right target.`` A cell is ``wall``,
+    ``floor``, ``target``, ``box`` or ``box on target``; a box is followed by what lies beyond it (``then wall``,
+    ``then box``...: the push is blocked unless that is floor or a target). Cells past the drawn grid read wall.
+    """
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    pr, pc = next((r, c) for r, c in cells if grid[3 * size + r * width + c])
+
+    def kind(r: int, c: int, *, beyond: bool = False) -> str:
+        if not (0 <= r < rows and 0 <= c < cols) or grid[r * width + c]:
+            return "wall"
+        i = r * width + c
+        if grid[2 * size + i]:
+            return "box on target" if grid[size + i] and not beyond else "box"
+        return "target" if grid[size + i] else "floor"
+
+    parts = []
+    for name, (dr, dc) in (("up", (-1, 0)), ("down", (1, 0)), ("left", (0, -1)), ("right", (0, 1))):
+        here = kind(pr + dr, pc + dc)
+        if here.startswith("box"):
+            here += f" then {kind(pr + 2 * dr, pc + 2 * dc, beyond=True)}"
+        parts.append(f"{name} {here}")
+    return "Around you: " + ", ".join(parts) + "."
+
+
 def _offset(dr: int, dc: int, whom: str) -> str:
     """``dr, dc`` (never both 0: a box shares no cell with the player or a free target) in direction words."""
     parts = [f"{abs(dr)} {'up' if dr < 0 else 'down'}"] if dr else []

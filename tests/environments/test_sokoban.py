@@ -420,6 +420,33 @@ def test_positions_line_gives_box_from_player_and_target_from_box():
         SokobanEnv(text_positions="yes")
 
 
+def test_neighbors_line_says_what_each_move_runs_into(tmp_path):
+    env = SokobanEnv(obs_mode="text", text_positions=True, text_neighbors=True)
+    obs, _ = env.reset(seed=0, options={"task": 7})  # "#@$-.#": floor above, walls below and left, box right
+    lines = obs.splitlines()
+    assert lines[6:8] == ["Box 1 right of you, target 2 right of it.",
+                          "Around you: up floor, down wall, left wall, right box then floor."]
+    env.step(RIGHT)
+    assert env.neighbors_line() == "Around you: up wall, down wall, left floor, right box then target."
+    env.step(RIGHT)  # the box is on the target, against the wall
+    assert env.neighbors_line() == "Around you: up wall, down wall, left floor, right box on target then wall."
+    assert env.text_observation().splitlines()[7] == env.neighbors_line()
+    assert set(env.text_observation()) <= env.text_charset
+    assert len(env.text_observation()) <= env.text_max_length
+    assert "Around you" in env.instructions() and "Around you" not in SokobanEnv().instructions()
+    # Alone (without the offsets line) it follows the grid; two boxes in a row block each other.
+    alone = SokobanEnv(obs_mode="text", text_neighbors=True)
+    alone.reset(seed=0, options={"task": 7})
+    assert alone.text_observation().splitlines()[6].startswith("Around you: up floor")
+    path = tmp_path / "row.xsb"
+    path.write_text("######\n#-..-#\n#@$$-#\n#----#\n######\n")
+    row = SokobanEnv(level_file=str(path), obs_mode="text", text_neighbors=True)
+    row.reset(seed=0)
+    assert row.neighbors_line() == "Around you: up floor, down floor, left wall, right box then box."
+    with pytest.raises(ValueError, match="text_neighbors=1"):
+        SokobanEnv(text_neighbors=1)
+
+
 def test_struct_and_rgb_views():
     env = SokobanEnv(preset="small", obs_mode="struct", render_mode="rgb_array")
     obs, info = env.reset(seed=3)
