@@ -349,3 +349,12 @@ def test_glad_detours_are_history_not_loss(tmp_path, tiny_backend):
         assert trained.count("<think>") == len(right) and all(t["action"] in trained for t in right)
         for t in wrong:  # in the prompt the later turns see, never in the loss
             assert t["action"] in context and t["action"] not in trained
+
+
+def test_default_sokoban_view_has_the_around_you_line_and_2048_gets_none():
+    from agentgym.training import resolve_config
+
+    sokoban = resolve_config(ProActConfig, env="sokoban")
+    assert sokoban.env.kwargs["text_neighbors"] is True and sokoban.env.kwargs["text_positions"] is True
+    assert agentgym.make("sokoban", **sokoban.env.kwargs).reset(seed=0)[0]["text"].count("Around you:") == 1
+    assert resolve_config(ProActConfig, env="2048").env.kwargs == {}
