@@ -141,8 +141,8 @@ class GladConfig:
     """States one search may expand (for node-counting searches such as the Sokoban solver)."""
     detours: float = 0.0
     """Chance that a step is a detour: a mistaken move (from the env's ``glad_detour``) played and kept in the
-    history but not taught (``info["teach"] = False``), so the next, taught turn starts off the oracle's path with
-    the mistake in view. The step after a detour is never one. Oracle play alone only shows states on the
+    history but not taught (``info["teach"] = False``), so the next, taught turn starts off the oracle's path (and
+    sees the mistake when the policy's prompt keeps history). The step after a detour is never one. Oracle play alone only shows states on the
     solver's path; a policy that errs once is then in states the data never covered."""
 
     def __post_init__(self) -> None:
