@@ -77,11 +77,16 @@ def register_chain_writer(package: str, writer: ChainWriter | str) -> None:
     CHAIN_WRITERS[package] = writer
 
 
-def chain_writer(env: Any) -> ChainWriter:
-    """The chain writer of ``env``'s family (see the module docstring)."""
+def _family(env: Any) -> tuple[Any, str, ChainWriter | str]:
+    """``env``'s base env, the package of its class, and that family's chain-writer entry."""
     base = getattr(env, "unwrapped", env)
     package = type(base).__module__.rpartition(".")[0] or type(base).__module__
-    entry = CHAIN_WRITERS.get(package, f"{package}.glad:glad_chain")
+    return base, package, CHAIN_WRITERS.get(package, f"{package}.glad:glad_chain")
+
+
+def chain_writer(env: Any) -> ChainWriter:
+    """The chain writer of ``env``'s family (see the module docstring)."""
+    base, package, entry = _family(env)
     if callable(entry):
         return entry
     module_name, _, name = entry.partition(":")
@@ -101,9 +106,7 @@ DetourWriter = Callable[[Any, SearchBudget, Any], tuple[str, int] | None]
 
 def detour_writer(env: Any) -> DetourWriter:
     """The detour writer of ``env``'s family: ``glad_detour`` next to its chain writer (see ``GladConfig.detours``)."""
-    base = getattr(env, "unwrapped", env)
-    package = type(base).__module__.rpartition(".")[0] or type(base).__module__
-    entry = CHAIN_WRITERS.get(package, f"{package}.glad:glad_chain")
+    base, _, entry = _family(env)
     module_name = entry.__module__ if callable(entry) else entry.partition(":")[0]
     try:
         return importlib.import_module(module_name).glad_detour
@@ -142,8 +145,9 @@ class GladConfig:
     detours: float = 0.0
     """Chance that a step is a detour: a mistaken move (from the env's ``glad_detour``) played and kept in the
     history but not taught (``info["teach"] = False``), so the next, taught turn starts off the oracle's path (and
-    sees the mistake when the policy's prompt keeps history). The step after a detour is never one. Oracle play alone only shows states on the
-    solver's path; a policy that errs once is then in states the data never covered."""
+    sees the mistake when the policy's prompt keeps history). The step after a detour is never one. Oracle play
+    alone only shows states on the solver's path; a policy that errs once is then in states the data never
+    covered."""
 
     def __post_init__(self) -> None:
         for name in ("tasks", "max_turns", "search_nodes"):

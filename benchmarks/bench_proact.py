@@ -171,9 +171,8 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
                 seen[kind] += 1
                 right[kind] += said.get(name) == truth[name]
             answer = env.unwrapped.parse_action(reply)
-            consistent += answer is not None and any(
-                w in said.get(NAMES[answer], "") for w in ("shortest", "solves it")
-            ) and "also" not in said.get(NAMES[answer], "x also")
+            verdict = said.get(NAMES[answer], "") if answer is not None else ""
+            consistent += verdict.endswith(("shortest", "solves it")) and not verdict.endswith("also shortest")
     env.close()
     if not turns:
         return "no solvable positions"

@@ -177,8 +177,8 @@ def test_detours_are_untaught_worse_moves_that_keep_the_level_solvable(tmp_path:
     kwargs = {"preset": "easy", "text_positions": True}
     out = tmp_path / "detours.jsonl"
     report = build_dataset("sokoban", out, GladConfig(tasks=8, detours=0.3, max_turns=12), env_kwargs=kwargs)
-    again = build_dataset("sokoban", tmp_path / "again.jsonl", GladConfig(tasks=8, detours=0.3, max_turns=12),
-                          env_kwargs=kwargs)
+    build_dataset("sokoban", tmp_path / "again.jsonl", GladConfig(tasks=8, detours=0.3, max_turns=12),
+                  env_kwargs=kwargs)
     trajectories = list(read_trajectories(out))
     replies = [[t.action for t in tr.turns] for tr in trajectories]
     assert replies == [[t.action for t in tr.turns] for tr in read_trajectories(tmp_path / "again.jsonl")]

@@ -59,15 +59,7 @@ from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
 from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
-from trainers.common import (
-    Aggregation,
-    EnvSection,
-    PolicySection,
-    build_policy,
-    default_env,
-    is_neural,
-    make_batch,
-)
+from trainers.common import Aggregation, EnvSection, PolicySection, build_policy, default_env, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
 

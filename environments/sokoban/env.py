@@ -166,7 +166,8 @@ class SokobanEnv(AgentEnv[SokobanState]):
             raise ValueError(f"max_steps={max_steps!r} must be a positive number of steps.")
         h, w = self.height, self.width
         self.size = h * w
-        self.text_max_length = (w + 1) * h + 200 + (60 * h * w if text_positions else 0) + (120 if text_neighbors else 0)
+        lines = (60 * h * w if text_positions else 0) + (120 if text_neighbors else 0)
+        self.text_max_length = (w + 1) * h + 200 + lines
         self.text_charset = frozenset(BASE_CHARSET | {"√"})
         self.action_space = spaces.Discrete(4)
         self._build_observation_space(spaces.Box(0, 1, (4, h, w), np.uint8))
