@@ -142,8 +142,9 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     """How the model's chains compare with the GLAD chain of the same position, replayed in the env.
 
     Per move (Up/Down/Left/Right) the model's clause is right when it equals the true one word for word, counted by
-    the true verdict's kind; also the offsets line, and whether the answer is a move the model's own chain called
-    shortest (or solving): chains that are right but not followed, and choices the chain never justified.
+    the true verdict's kind; also the offsets line and the next-push clause, and whether the answer is a move the
+    model's own chain called shortest (or solving): chains that are right but not followed, and choices the chain
+    never justified.
     """
     from agentgym.glad import SearchBudget
     from agentgym.registry import make
@@ -153,7 +154,7 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     budget = SearchBudget(seconds=30.0)
     right: Counter = Counter()
     seen: Counter = Counter()
-    positions = consistent = turns = 0
+    positions = planned = consistent = turns = 0
     for record in records:
         env.reset(seed=record["seed"], options={"task": record["task"]})
         for turn in record.get("turns") or []:
@@ -166,6 +167,7 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
             said = _clauses(reply.partition("<think>")[2].partition("</think>")[0])
             turns += 1
             positions += said.get("where") == truth["where"]
+            planned += said.get("next") == truth["next"]
             for name in NAMES:
                 kind = _verdict_kind(truth[name])
                 seen[kind] += 1
@@ -177,15 +179,17 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     if not turns:
         return "no solvable positions"
     kinds = ", ".join(f"{k} {right[k]}/{seen[k]}" for k in sorted(seen, key=lambda k: -seen[k]))
-    return (f"chains vs the solver's at {turns} positions: offsets line right {positions / turns:.0%}; clauses "
-            f"right by true verdict: {kinds}; answer is a move its own chain calls shortest {consistent / turns:.0%}")
+    return (f"chains vs the solver's at {turns} positions: offsets line right {positions / turns:.0%}; "
+            f"next-push clause right {planned / turns:.0%}; clauses right by true verdict: {kinds}; answer is a "
+            f"move its own chain calls shortest {consistent / turns:.0%}")
 
 
 def _clauses(chain: str) -> dict[str, str]:
-    """A Sokoban chain split into its offsets line (``where``) and each move's clause."""
+    """A Sokoban chain split into its offsets line (``where``), next-push clause (``next``) and each move's clause."""
     out: dict[str, str] = {}
     head, _, rest = chain.partition(" Up:")
-    out["where"] = head.strip()
+    where, _, plan = head.partition(" Next: ")
+    out["where"], out["next"] = where.strip(), plan.strip()
     rest = "Up:" + rest if rest else ""
     for part in rest.split(". "):
         name, colon, verdict = part.partition(":")

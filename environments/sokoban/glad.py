@@ -2,17 +2,20 @@
 
 The chosen action is the first action of the solver's plan from the current position (exactly what
 ``SokobanEnv.oracle_action`` plays). The chain first says where things are, in the words of the env's offsets line
-(``SokobanEnv.positions_line``: where each box is from the player, where its nearest free target is from the box).
-Each of the four moves is then tried on a copy of the position and judged against the plan: a wall, a box that
+(``SokobanEnv.positions_line``: where each box is from the player, where its nearest free target is from the box),
+then the plan's next push: which way the box goes and the cell to push it from, relative to the player. Each of
+the four moves is then tried on a copy of the position and judged against the plan: a wall, a box that
 cannot move, a push that makes the level unsolvable (a corner, a dead square, a frozen box: the solver's own
 deadlock tests), or how much longer the shortest solution gets (re-solved from the successor). Example::
 
-    Box 1 up and 1 right of you, target 2 left of it. Up: shortest. Down: 2 more moves. Left: wall.
-    Right: pushes box into a corner, deadlock. Best: Up.
+    Box 1 up and 1 right of you, target 2 left of it. Next: push it Left, standing right of it: 1 up and 2 right of
+    you. Up: shortest. Down: 2 more moves. Left: wall. Right: pushes box into a corner, deadlock. Best: Up.
 
 Everything is relative: a small model reads offsets far more reliably than it counts grid columns (absolute
 coordinates were the first format; SmolLM2 learned the format but not the coordinates), and "shortest" / "N more
-moves" make the choice follow from the clauses without comparing step counts. "Shortest" is the solver's order:
+moves" make the choice follow from the clauses without comparing step counts. The next-push clause is the
+subgoal those verdicts serve: without it a GLAD-trained SmolLM2 walked back and forth when the route to the push
+went round the box, calling each step back "shortest" (benchmarks/RESULTS.md). "Shortest" is the solver's order:
 fewest pushes, then fewest moves; a move that saves moves at the cost of pushes reads "more pushes".
 
 ``glad_detour`` writes GLAD's untaught detours (``GladConfig.detours``): a move judged worse than the plan but not
@@ -30,9 +33,11 @@ import numpy as np
 
 from agentgym.glad import SearchBudget, SearchTimeout
 from environments.sokoban.oracle import Board, SolveResult, solve
+from environments.sokoban.render import offset_words
 from environments.sokoban.xsb import Level
 
 NAMES = ("Up", "Down", "Left", "Right")
+_SIDE = ("below", "above", "right", "left")  # where the player stands to push a box Up, Down, Left, Right
 _BOARDS: dict[bytes, Board] = {}
 
 
@@ -61,8 +66,8 @@ def glad_detour(env: Any, budget: SearchBudget, rng: np.random.Generator) -> tup
     if judged is None:
         return None
     clauses, action = judged
-    worse = [a for a in range(4) if a != action and "deadlock" not in clauses[a] and "shortest" not in clauses[a]
-             and "solves" not in clauses[a]]
+    not_worse = ("deadlock", "shortest", "solves")  # lost, or as good as the plan
+    worse = [a for a in range(4) if a != action and not any(w in clauses[1 + a] for w in not_worse)]
     if not worse:
         return None
     detour = int(rng.choice(worse))
@@ -70,12 +75,15 @@ def glad_detour(env: Any, budget: SearchBudget, rng: np.random.Generator) -> tup
     board = _board(state.level)
     boxes = [i for i, b in enumerate(state.boxes) if b]
     push = " pushes box," if state.player + board.deltas[detour] in boxes else ""
-    clauses[detour] = f"{NAMES[detour]}:{push} shortest."
+    clauses[1 + detour] = f"{NAMES[detour]}:{push} shortest."
     return " ".join([env.unwrapped.positions_line(), *clauses, f"Best: {NAMES[detour]}."]), detour
 
 
 def _judge(env: Any, budget: SearchBudget) -> tuple[list[str], int] | None:
-    """The four moves' clauses and the solver's action; None when the position is unsolvable."""
+    """The clauses (the next push, then the four moves in action order) and the solver's action.
+
+    None when the position is unsolvable.
+    """
     state = env.unwrapped.get_state()
     level: Level = state.level
     board = _board(level)
@@ -86,7 +94,7 @@ def _judge(env: Any, budget: SearchBudget) -> tuple[list[str], int] | None:
     if best is None or not best.plan:
         return None
     action = best.plan[0]
-    clauses = []
+    clauses = [_next_push(board, boxes, player, best.plan)]
     for a in range(4):
         if a == action:
             push = " pushes box," if _push_target(board, boxes, player, a) is not None else ""
@@ -94,6 +102,31 @@ def _judge(env: Any, budget: SearchBudget) -> tuple[list[str], int] | None:
         else:
             clauses.append(_alternative(level, board, boxes, player, a, best, budget, deadline))
     return clauses, action
+
+
+def _next_push(board: Board, boxes: Sequence[int], player: int, plan: Sequence[int]) -> str:
+    """The plan's first push: which box, which way, and the cell to push it from (relative to the player).
+
+    Example: ``Next: push it Right, standing left of it: 1 up and 2 left of you.`` (``...left of it: here.`` when
+    the player stands there). With several boxes the box is named by its offset from the player, as in the offsets
+    line. Boxes do not move before the first push, so the box is where it is now.
+    """
+    w = board.width
+    at = player
+    for a in plan:
+        ahead = at + board.deltas[a]
+        if ahead in boxes:
+            box = "it" if len(boxes) == 1 else f"the box {offset_words(*_rc(ahead, player, w), 'you')}"
+            stand = "here" if at == player else offset_words(*_rc(at, player, w), "you")
+            return f"Next: push {box} {NAMES[a]}, standing {_SIDE[a]} of it: {stand}."
+        at = ahead
+    raise AssertionError("a plan of an unsolved position pushes a box")
+
+
+def _rc(cell: int, origin: int, width: int) -> tuple[int, int]:
+    """Where ``cell`` is from ``origin``, in (rows, columns)."""
+    (r, c), (r0, c0) = divmod(cell, width), divmod(origin, width)
+    return r - r0, c - c0
 
 
 def _board(level: Level) -> Board:

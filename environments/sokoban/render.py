@@ -88,7 +88,7 @@ def neighbors_line(grid: bytearray | bytes, size: int, width: int, rows: int, co
     return "Around you: " + ", ".join(parts) + "."
 
 
-def _offset(dr: int, dc: int, whom: str) -> str:
+def offset_words(dr: int, dc: int, whom: str) -> str:
     """``dr, dc`` (never both 0: a box shares no cell with the player or a free target) in direction words."""
     parts = [f"{abs(dr)} {'up' if dr < 0 else 'down'}"] if dr else []
     if dc:
@@ -111,12 +111,12 @@ def positions_line(grid: bytearray | bytes, size: int, width: int, rows: int, co
         if not grid[2 * size + i]:
             continue
         if grid[size + i]:
-            items.append(f"box on target {_offset(r - pr, c - pc, 'you')}")
+            items.append(f"box on target {offset_words(r - pr, c - pc, 'you')}")
             continue
-        item = f"box {_offset(r - pr, c - pc, 'you')}"
+        item = f"box {offset_words(r - pr, c - pc, 'you')}"
         if free:
             tr, tc = min(free, key=lambda t: abs(t[0] - r) + abs(t[1] - c))
-            item += f", target {_offset(tr - r, tc - c, 'it')}"
+            item += f", target {offset_words(tr - r, tc - c, 'it')}"
         items.append(item)
     return "; ".join(items).capitalize() + "."
 
