@@ -176,6 +176,21 @@ def test_sokoban_chain_golden(tmp_path: Path) -> None:
     assert env.unwrapped.text_observation().splitlines()[-2] == "Box 1 right of you, target 1 right of it."
 
 
+def test_sokoban_next_push_names_the_box_and_the_cell_to_push_from(tmp_path: Path) -> None:
+    """With several boxes the next push names its box by its offset; the cell to push from is relative to you."""
+    level = tmp_path / "two-boxes.xsb"
+    level.write_text("; 1\n#######\n#   . #\n#  $  #\n#@ $ .#\n#######\n")
+    env = agentgym.make("sokoban", level_file=str(level), text_positions=True)
+    env.reset(seed=0, options={"task": 0})
+    chain, action = chain_writer(env)(env, BUDGET)
+    # Step Right next to the lower box, push it Right twice onto its target; the upper box goes after.
+    assert action == 3 and ("Next: push the box 2 right of you Right, standing left of it: 1 right of you. "
+                            "Up: also shortest. Down: wall. Left: wall. Right: shortest. Best: Right.") in chain
+    env.step(action)
+    chain, action = chain_writer(env)(env, BUDGET)
+    assert action == 3 and "Next: push the box 1 right of you Right, standing left of it: here." in chain
+
+
 def test_detours_are_untaught_worse_moves_that_keep_the_level_solvable(tmp_path: Path) -> None:
     kwargs = {"preset": "easy", "text_positions": True}
     out = tmp_path / "detours.jsonl"
