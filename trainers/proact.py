@@ -12,7 +12,7 @@
 2. **MC-GRPO** (spec 4.5; ``iterations`` steps). Play ``tasks_per_iteration`` training tasks with the current
    policy (the shared rollout engine), pick ``mc_states`` of the visited turn states, reach each again by
    replaying the recorded replies from the task's seed (the engine records no states) and sample ``mc_group_size``
-   replies there from the policy. Reply ``i`` is scored by ``Q_MC(s, a_i)`` (``agentgym.mc_critic``; a reply the env
+   replies there from the policy. Reply ``i`` is scored by ``Q_MC(s, a_i)`` (``agentgym.mc_groups``; a reply the env
    cannot parse gets the invalid action's value) and its advantage is the group z-score of those values, or, for a
    degenerate group (every reply the same action, or every value the same), the z-score of ``Q(s, a_i)`` against
    all of the state's actions (``ops.mc_grpo_advantages`` with ``MCCritic.q_table``; ProAct's
@@ -54,6 +54,7 @@ from agentgym.config import ConfigError
 from agentgym.errors import AgentGymError
 from agentgym.glad import GladConfig, build_dataset, chain_writer
 from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
+from agentgym.mc_groups import GroupScores, score_groups
 from agentgym.registry import make
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
@@ -253,40 +254,6 @@ class ProActConfig(PPOConfig):
         )
 
 
-@dataclass
-class GroupScores:
-    """Monte-Carlo values of sampled replies, grouped per state (row-major: group 0's replies first).
-
-    Attributes:
-        q: ``[N]`` ``Q_MC(s, a_i)`` of each reply's action (the invalid action's value for unparseable text).
-        actions: ``[N]`` canonical action ids (-1: invalid); in a degenerate group all rows carry the same id.
-        group: ``[N]`` the state (group) of each reply.
-        table: ``[N, A]`` ``Q(s, a)`` of every action at the reply's state where the fallback scores the group (other
-            rows are unused zeros; one column of ``q`` when the fallback is off).
-        degenerate: ``[groups]`` whether each group had one action or one value.
-        invalid: ``[N]`` whether the env could not use the reply.
-        seconds: wall-clock seconds of the MC-Critic.
-    """
-
-    q: np.ndarray
-    actions: np.ndarray
-    group: np.ndarray
-    table: np.ndarray
-    degenerate: np.ndarray
-    invalid: np.ndarray
-    seconds: float
-
-    def advantages(self, q: torch.Tensor | None = None) -> torch.Tensor:
-        """MC-GRPO advantages (``ops.mc_grpo_advantages``) of ``q`` (default: the MC values) in these groups."""
-        values = torch.as_tensor(self.q, dtype=torch.float64) if q is None else q
-        return ops.mc_grpo_advantages(
-            values,
-            torch.as_tensor(self.group, dtype=torch.long),
-            torch.as_tensor(self.actions, dtype=torch.long),
-            torch.as_tensor(self.table, dtype=torch.float64),
-        )
-
-
 # ---------------------------------------------------------------------------------------------------- trainer
 class ProActTrainer(PPOTrainer):
     """ProAct (see the module docstring): GLAD SFT, then MC-GRPO or MC-PPO; checkpoints and evaluation shared."""
@@ -480,38 +447,14 @@ class ProActTrainer(PPOTrainer):
         return [generations[k * group : (k + 1) * group] for k in range(len(prompts))]
 
     def score_replies(self, states: Sequence[Any], replies: Sequence[Sequence[str]]) -> GroupScores:
-        """``Q_MC`` of each reply at its group's state, and what ``mc_grpo_advantages`` needs (see ``GroupScores``).
+        """``Q_MC`` of each reply at its group's state (``mc_groups.score_groups`` with this run's critic and env).
 
         Args:
             states: one env snapshot (``get_state()``) per group.
             replies: the reply texts sampled at each state.
         """
-        started = time.perf_counter()
         base = self.replay_env().unwrapped
-        flat_states = [s for s, texts in zip(states, replies) for _ in texts]
-        texts = [t for group in replies for t in group]
-        group = np.array([k for k, g in enumerate(replies) for _ in g], dtype=np.int64)
-        q = self.critic.q_values(flat_states, texts)
-        ids: dict[Any, int] = {}
-        actions = np.empty(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            parsed = _canonical(base, text)
-            actions[i] = -1 if parsed is None else ids.setdefault(parsed, len(ids))
-        invalid = actions == -1
-        degenerate = np.zeros(len(replies), dtype=bool)
-        for k in range(len(replies)):
-            rows = group == k
-            degenerate[k] = len(set(actions[rows].tolist())) == 1 or float(np.ptp(q[rows])) <= 1e-12
-            if degenerate[k]:  # one action or one value: the ops function's "same action" test must see it
-                actions[rows] = actions[rows][0]
-        if self.cfg.mc_fallback:
-            n = int(base.action_space.n)
-            table = np.zeros((len(texts), n))
-            for k in np.flatnonzero(degenerate):
-                table[group == k] = self.critic.q_table([states[k]])[0]
-        else:
-            table = q[:, None].copy()  # the fallback then scores Q - Q = 0
-        return GroupScores(q, actions, group, table, degenerate, invalid, time.perf_counter() - started)
+        return score_groups(self.critic, base, states, replies, fallback=self.cfg.mc_fallback)
 
     def advantages(self, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         """MC-GRPO advantages of the rows ``mc_grpo_update`` passes to the shared update (their returns are Q_MC)."""
@@ -695,16 +638,3 @@ class ProActTrainer(PPOTrainer):
         stats["train_tokens"] = float(batch.tokens)
         return stats
 
-
-def _canonical(base: Any, text: str) -> Any | None:
-    """The action the env makes of ``text`` (hashable), or None when it cannot use it."""
-    coerce = getattr(base, "coerce_action", None)
-    if coerce is not None:
-        parsed, error = coerce(text)
-        if error is not None:
-            return None
-    else:
-        parsed = base.parse_action(text)
-        if parsed is None:
-            return None
-    return parsed.tobytes() if isinstance(parsed, np.ndarray) else parsed
