@@ -155,6 +155,8 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     right: Counter = Counter()
     seen: Counter = Counter()
     positions = planned = consistent = turns = 0
+    by_plan: Counter = Counter()  # positions by whether the next-push clause was right
+    on_path: Counter = Counter()  # ... where the answer was a move on a shortest solution
     for record in records:
         env.reset(seed=record["seed"], options={"task": record["task"]})
         for turn in record.get("turns") or []:
@@ -175,13 +177,19 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
             answer = env.unwrapped.parse_action(reply)
             verdict = said.get(NAMES[answer], "") if answer is not None else ""
             consistent += verdict.endswith(("shortest", "solves it")) and not verdict.endswith("also shortest")
+            true_verdict = truth.get(NAMES[answer], "") if answer is not None else ""
+            plan_right = said.get("next") == truth["next"]
+            by_plan[plan_right] += 1
+            on_path[plan_right] += true_verdict.endswith(("shortest", "solves it"))
     env.close()
     if not turns:
         return "no solvable positions"
     kinds = ", ".join(f"{k} {right[k]}/{seen[k]}" for k in sorted(seen, key=lambda k: -seen[k]))
     return (f"chains vs the solver's at {turns} positions: offsets line right {positions / turns:.0%}; "
             f"next-push clause right {planned / turns:.0%}; clauses right by true verdict: {kinds}; answer is a "
-            f"move its own chain calls shortest {consistent / turns:.0%}")
+            f"move its own chain calls shortest {consistent / turns:.0%}; answer on a shortest solution where the "
+            f"next-push clause is right {on_path[True]}/{by_plan[True]}, where it is wrong {on_path[False]}/"
+            f"{by_plan[False]}")
 
 
 def _clauses(chain: str) -> dict[str, str]:
@@ -234,7 +242,7 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
                     cells.append(f"{stage} {wins}/{len(eps)}" if eps else f"{stage} -")
                 else:
                     cells.append(f"{stage}: {describe_2048([last_info(e) for e in eps])}")
-            print(f"seed {seed}: " + " | ".join(cells) + f" | {minutes:.1f} min")
+            print(f"seed {seed}: " + " | ".join(cells) + f" | {minutes:.1f} min from the first logged step to the last")
         for stage in STAGES:
             eps = pooled[stage]
             if env == "sokoban":
