@@ -72,9 +72,8 @@ def glad_detour(env: Any, budget: SearchBudget, rng: np.random.Generator) -> tup
         return None
     detour = int(rng.choice(worse))
     state = env.unwrapped.get_state()
-    board = _board(state.level)
     boxes = [i for i, b in enumerate(state.boxes) if b]
-    push = " pushes box," if state.player + board.deltas[detour] in boxes else ""
+    push = " pushes box," if _push_target(_board(state.level), boxes, state.player, detour) is not None else ""
     clauses[1 + detour] = f"{NAMES[detour]}:{push} shortest."
     return " ".join([env.unwrapped.positions_line(), *clauses, f"Best: {NAMES[detour]}."]), detour
 
