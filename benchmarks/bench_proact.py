@@ -13,7 +13,8 @@ Usage (CPU defaults are small; pass ``--set`` to scale them, e.g. ``--set glad_t
     .venv/bin/python benchmarks/bench_proact.py --suites sokoban-tiny 2048-3x3 --seeds 0 1 2 --out runs/bench-proact
     .venv/bin/python benchmarks/bench_proact.py --report-only --suites sokoban-tiny --out runs/bench-proact
 
-``--neighbors`` adds the Sokoban env's ``Around you`` line (``text_neighbors=True``: what each move runs into).
+``--neighbors`` adds the Sokoban env's ``Around you`` line (``text_neighbors=True``: what each move runs into);
+``--moves`` adds 2048's line of the moves that change the board (``text_moves=True``).
 ``--zero-shot-once`` evaluates the untrained model in the first seed only (Sokoban is deterministic, so greedy
 decoding gives every seed the same zero-shot episodes). Sokoban reports also replay every held-out move against
 the solver (share on a shortest solution, deadlocks, moves repeated on an unchanged board).
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +47,11 @@ SUITES: dict[str, tuple[str, dict[str, object]]] = {
 STAGES = ("start", "glad", "end")
 
 
-def run_suite(suite: str, seed: int, out: Path, overrides: list[str], env_extra: dict[str, object]) -> None:
-    """Train one (suite, seed) unless its run already finished (``report.md`` exists)."""
+def run_suite(suite: str, seed: int, out: Path, overrides: list[str], env_extra: dict[str, dict[str, object]]) -> None:
+    """Train one (suite, seed) unless its run already finished (``report.md`` exists); ``env_extra``: extra env
+    kwargs by env name."""
     env, kwargs = SUITES[suite]
-    kwargs = {**kwargs, **(env_extra if env == "sokoban" else {})}
+    kwargs = {**kwargs, **env_extra.get(env, {})}
     run = out / suite / f"seed{seed}"
     if (run / "report.md").exists():
         return
@@ -192,6 +195,64 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
             f"{on_path[True]}/{by_plan[True]}, where it is wrong {on_path[False]}/{by_plan[False]}")
 
 
+def moves_2048(records: list[dict], size: int, max_turns: int | None) -> str:
+    """2048 moves replayed against expectimax, and how the games ended.
+
+    Per turn the board is read back from the observation text and the expectimax oracle values every move: the
+    share of answers that change the board and that are its argmax (next to a uniformly random legal move's chance
+    of being the argmax at the same positions). For the chains: how often the model's "no change" claims are
+    right, both ways. Endings: game over, the env's stuck limit (too many moves in
+    a row that change nothing), or the turn budget.
+    """
+    from agentgym.registry import make
+    from environments.game2048.board import ACTION_NAMES, tables
+    from environments.game2048.oracle import expectimax
+
+    env = make("game2048", size=size)
+    search, t = expectimax(size), tables(size)
+    turns = effective = best = 0
+    uniform = 0.0
+    said_none = said_none_true = true_none = true_none_said = 0
+    endings: Counter = Counter()
+    for record in records:
+        steps = record.get("turns") or []
+        if record.get("terminated"):
+            endings["game over"] += 1
+        elif max_turns is not None and len(steps) >= max_turns:
+            endings["turn budget"] += 1
+        else:
+            endings["stuck limit"] += 1
+        for turn in steps:
+            rows = [line.strip("[]").split() for line in str(turn["observation"]).splitlines() if line.startswith("[")]
+            board = t.from_exponents([[0 if c == "." else int(c).bit_length() - 1 for c in row] for row in rows])
+            values = np.asarray(search.move_values(board), dtype=np.float64)
+            legal = np.isfinite(values)
+            if not legal.any():
+                continue
+            reply = str(turn["action"])
+            answer = env.unwrapped.parse_action(reply)
+            turns += 1
+            top = values[legal].max()
+            uniform += float(np.sum(values[legal] == top)) / int(legal.sum())
+            if answer is not None and legal[answer]:
+                effective += 1
+                best += values[answer] == top
+            chain = reply.partition("<think>")[2].partition("</think>")[0]
+            for a, name in enumerate(ACTION_NAMES):
+                says = f"{name}: no change" in chain
+                said_none += says
+                said_none_true += says and not legal[a]
+                true_none += not legal[a]
+                true_none_said += says and not legal[a]
+    env.close()
+    if not turns:
+        return "no playable positions"
+    ends = ", ".join(f"{k} {v}" for k, v in endings.most_common())
+    return (f"at {turns} positions the answer changed the board {effective / turns:.0%} and was expectimax's best "
+            f"{best / turns:.0%} (a uniformly random legal move: {uniform / turns:.0%}); 'no change' claims right "
+            f"{said_none_true}/{said_none}, no-change moves named {true_none_said}/{true_none}; games ended by: {ends}")
+
+
 def _clauses(chain: str) -> dict[str, str]:
     """A Sokoban chain split into its offsets line (``where``), next-push clause (``next``) and each move's clause."""
     out: dict[str, str] = {}
@@ -257,6 +318,11 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
                     print(f"  {stage}: {chain_accuracy([*dev, *eps], config['env']['kwargs'])}")
             else:
                 print(f"pooled {stage}: {describe_2048([last_info(e) for e in eps])}")
+                if eps:
+                    config = yaml.safe_load((runs[0][1] / "config.yaml").read_text())
+                    dev = [e for _, run in runs for e in episodes(run, stage, "dev")]
+                    print(f"  {stage} (dev and test): "
+                          f"{moves_2048([*dev, *eps], int(kwargs['size']), config['env']['max_turns'])}")
         missing = [seed for seed, run in runs if not episodes(run, "start")]
         if missing:
             print(f"seeds {missing} skipped the zero-shot evaluation (eval_start=false): on a deterministic env, "
@@ -282,13 +348,17 @@ def main() -> None:
                         "greedy decoding gives every seed the same zero-shot result (2048's tile spawns differ)")
     parser.add_argument("--neighbors", action="store_true",
                         help="Sokoban suites add the env's 'Around you' line (text_neighbors=True)")
+    parser.add_argument("--moves", action="store_true",
+                        help="2048 suites add the line of moves that change the board (text_moves=True)")
     args = parser.parse_args()
     out = Path(args.out)
+    extra = {"sokoban": {"text_neighbors": True} if args.neighbors else {},
+             "game2048": {"text_moves": True} if args.moves else {}}
     if not args.report_only:
         for suite in args.suites:
             for i, seed in enumerate(args.seeds):
                 once = ["eval_start=false"] if args.zero_shot_once and i > 0 else []
-                run_suite(suite, seed, out, args.overrides + once, {"text_neighbors": True} if args.neighbors else {})
+                run_suite(suite, seed, out, args.overrides + once, extra)
     report(args.suites, args.seeds, out)
 
 

@@ -14,7 +14,7 @@ from agentgym.env import AgentEnv
 from agentgym.errors import StateError
 from agentgym.tasks import SeedTasks, TaskSet
 from environments.game2048.board import ACTION_NAMES, MAX_EXPONENT, NUM_PLANES, SUPPORTED_SIZES, tables
-from environments.game2048.render import TEXT_CHARSET, render_board, text_max_length
+from environments.game2048.render import MOVES_CHARSET, TEXT_CHARSET, moves_line, render_board, text_max_length
 
 if TYPE_CHECKING:
     from environments.game2048.oracle import Expectimax
@@ -106,6 +106,9 @@ class Game2048Env(AgentEnv[Game2048State]):
     - ``max_stuck_steps``: consecutive unchanged steps that truncate the episode (default 10, ProAct's rule);
       None disables the rule.
     - ``terminate_on_target``: end the episode when the target tile appears (default False).
+    - ``text_moves``: add a line under the score naming the moves that change the board
+      (``Moves that change the board: Up, Left.``). Off by default (ProAct's prompt shows the board only); it
+      spares a small model reading columns off the grid, as Sokoban's ``text_neighbors`` does for walls.
     - ``obs_mode``, ``invalid_action_penalty`` (default 10.0, ProAct's -10 for unparseable replies),
       ``render_mode`` (``"ansi"`` or ``"human"``): see ``AgentEnv``.
 
@@ -131,19 +134,24 @@ class Game2048Env(AgentEnv[Game2048State]):
         illegal_move_penalty: float = 1.0,
         max_stuck_steps: int | None = 10,
         terminate_on_target: bool = False,
+        text_moves: bool = False,
         obs_mode: str = "dict",
         invalid_action_penalty: float = 10.0,
         render_mode: str | None = None,
     ) -> None:
         super().__init__(obs_mode=obs_mode, invalid_action_penalty=invalid_action_penalty, render_mode=render_mode)
         _validate(size, target_tile, max_steps, illegal_move_penalty, max_stuck_steps)
+        if not isinstance(text_moves, bool):
+            raise ValueError(f"text_moves={text_moves!r} must be true or false.")
         self.size = size
         self.target_tile = target_tile
         self.max_steps = max_steps
         self.illegal_move_penalty = float(illegal_move_penalty)
         self.max_stuck_steps = max_stuck_steps
         self.terminate_on_target = terminate_on_target
-        self.text_max_length = text_max_length(size)
+        self.text_moves = text_moves
+        self.text_max_length = text_max_length(size, text_moves)
+        self.text_charset = MOVES_CHARSET if text_moves else TEXT_CHARSET
         self._tables = tables(size)
         self._target_exponent = target_tile.bit_length() - 1
         self._tasks = SeedTasks(namespace=f"game2048/{size}")
@@ -230,8 +238,11 @@ class Game2048Env(AgentEnv[Game2048State]):
         return self._tables.onehot_planes(self._board)
 
     def text_observation(self) -> str:
-        """The board in ProAct's row format, then the score."""
-        return render_board(self._board, self.size, self._score)
+        """The board in ProAct's row format, then the score (and with ``text_moves``, the moves that change it)."""
+        text = render_board(self._board, self.size, self._score)
+        if self.text_moves:
+            text += "\n" + moves_line(self._tables.legal_actions(self._board))
+        return text
 
     def instructions(self) -> str:
         """The rules and the answer format."""
@@ -242,7 +253,9 @@ class Game2048Env(AgentEnv[Game2048State]):
             "board, a new tile (2 with probability 0.9, 4 with probability 0.1) appears on a random empty cell. "
             f"A move that changes nothing is penalised by {self.illegal_move_penalty:g}. The game ends when no move "
             f"can change the board. Goal: build a {self.target_tile} tile and score as high as possible. "
-            "Empty cells are shown as '.'.\n"
+            "Empty cells are shown as '.'."
+            + (" The last line lists the moves that change the board." if self.text_moves else "")
+            + "\n"
             "Answer with exactly one move: Up, Down, Left or Right, for example <answer>Left</answer>."
         )
 

@@ -11,6 +11,8 @@ practice far fewer since play visits a small share of the rows).
 
 from __future__ import annotations
 
+from environments.game2048.board import ACTION_NAMES
+
 CELL_WIDTH = 5
 EMPTY_CELL = "."
 #: Every character the text view can contain.
@@ -47,7 +49,23 @@ def render_board(board: int, size: int, score: int) -> str:
     return "\n".join(lines)
 
 
-def text_max_length(size: int) -> int:
-    """An upper bound on ``len(render_board(...))`` for a ``size`` x ``size`` board."""
+def text_max_length(size: int, moves: bool = False) -> int:
+    """An upper bound on the text view's length for a ``size`` x ``size`` board (``moves``: with the moves line)."""
     row = 2 + size * CELL_WIDTH + (size - 1)
-    return size * (row + 1) + len("Score: ") + _SCORE_DIGITS
+    return size * (row + 1) + len("Score: ") + _SCORE_DIGITS + (1 + len(moves_line([True] * 4)) if moves else 0)
+
+
+NO_MOVES_LINE = "No move changes the board."
+
+
+def moves_line(legal: list[bool]) -> str:
+    """The line of ``text_moves``: which moves change the board, in action order (Up, Right, Down, Left).
+
+    Example: ``Moves that change the board: Up, Left.``; ``No move changes the board.`` when the game is over.
+    """
+    names = [name for name, ok in zip(ACTION_NAMES, legal) if ok]
+    return f"Moves that change the board: {', '.join(names)}." if names else NO_MOVES_LINE
+
+
+#: Every character the text view with the moves line can contain.
+MOVES_CHARSET: frozenset[str] = TEXT_CHARSET | frozenset(moves_line([True] * 4) + NO_MOVES_LINE)

@@ -247,6 +247,39 @@ def test_golden_text_for_task_0() -> None:
     )
 
 
+def test_text_moves_line_names_the_moves_that_change_the_board() -> None:
+    env = env_with_board([[2, 0, 0], [0, 0, 0], [0, 0, 0]], text_moves=True)
+    assert env.text_observation().splitlines()[-2:] == ["Score: 0", "Moves that change the board: Right, Down."]
+    assert "The last line lists the moves" in env.instructions()
+    full = env_with_board([[2, 4, 2], [4, 2, 4], [2, 4, 2]], text_moves=True)
+    assert full.text_observation().endswith("Score: 0\nNo move changes the board.")
+    plain = env_with_board([[2, 0, 0], [0, 0, 0], [0, 0, 0]])
+    assert plain.text_observation().endswith("Score: 0") and "last line" not in plain.instructions()
+    with pytest.raises(ValueError, match="text_moves='yes'"):
+        Game2048Env(text_moves="yes")  # type: ignore[arg-type]
+
+
+def test_text_moves_line_agrees_with_the_moves_over_a_random_game() -> None:
+    env = agentgym.make("2048-3x3", obs_mode="text", text_moves=True)
+    obs, _ = env.reset(seed=3, options={"task": 7})
+    rng = np.random.default_rng(0)
+    endings = 0
+    for _ in range(300):
+        assert env.observation_space.contains(obs), obs
+        line = obs.splitlines()[-1]
+        board = env.unwrapped.board
+        for action, name in enumerate(("Up", "Right", "Down", "Left")):
+            changes = not np.array_equal(naive_move(values(board), action)[0], values(board))
+            assert (name in line.removeprefix("Moves that change the board:")) == changes, (line, board)
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
+        if terminated:  # game over: the last view says so
+            assert obs.splitlines()[-1] == "No move changes the board."
+            endings += 1
+        if terminated or truncated:
+            obs, _ = env.reset()
+    assert endings >= 2  # random 3x3 games last well under 150 moves
+
+
 # ---------------------------------------------------------------------- episode end and state
 def test_target_tile_success_and_optional_termination() -> None:
     env = env_with_board([[4, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], target_tile=8)
