@@ -328,11 +328,14 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
             print(f"seeds {missing} skipped the zero-shot evaluation (eval_start=false): on a deterministic env, "
                   "greedy decoding of the same model on the same tasks gives every seed the same zero-shot result")
         if env == "game2048":
-            n = max(max(len(episodes(run, stage)) for stage in STAGES) for _, run in runs)  # same test tasks
-            config = yaml.safe_load((runs[0][1] / "config.yaml").read_text())
-            max_turns = config["env"]["max_turns"]
+            # Every run's test tasks and tile spawns (the evaluation seed is the run's seed + 10000), pooled.
             for policy in ("random", "oracle"):
-                infos = baseline_2048(kwargs, policy, n, config["seed"], max_turns)
+                infos = []
+                for _, run in runs:
+                    n = max(len(episodes(run, stage)) for stage in STAGES)
+                    config = yaml.safe_load((run / "config.yaml").read_text())
+                    max_turns = config["env"]["max_turns"]
+                    infos += baseline_2048(kwargs, policy, n, config["seed"], max_turns)
                 print(f"{policy} (same test tasks, max_turns {max_turns}): {describe_2048(infos)}")
 
 
