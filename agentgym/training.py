@@ -44,7 +44,7 @@ def resolve_config(
     base, so a section set in part keeps the trainer's defaults for the rest (``--set policy.temperature=0.7``
     keeps LOOP's LoRA and prompt settings), and ``--env-kwargs``, ``--config`` and ``--set env.kwargs.KEY=...`` add
     to the default env's kwargs (its preset and shaping) and keep its turn budget; another ``--env`` starts from
-    no kwargs, no oracle starts and no warm start.
+    no kwargs (or the trainer's ``env_defaults`` for it), no oracle starts and no warm start.
     """
     resume = bool(base)
     base = dict(base) if resume else to_dict(config_cls())
@@ -61,7 +61,10 @@ def resolve_config(
     if env is not None:
         env_id = spec(env).id
         if not resume and env_id != spec(base["env"]["id"]).id:
-            base["env"]["kwargs"] = {}  # the default env's kwargs (its preset) do not carry over
+            own = getattr(config_cls, "env_defaults", {}).get(env_id, {})  # what this trainer starts that env with
+            base["env"]["kwargs"] = dict(own.get("kwargs", {}))  # the default env's kwargs (its preset) do not carry
+            if "max_turns" in own:
+                base["env"]["max_turns"] = own["max_turns"]
             base["env"]["oracle_starts"] = 0.0  # nor does its curriculum (another env may have no oracle)
             if base.get("warmup_demos"):  # nor LOOP's warm start on Sokoban's oracle (opt in with --set)
                 base["warmup_demos"] = 0

@@ -14,7 +14,8 @@ Usage (CPU defaults are small; pass ``--set`` to scale them, e.g. ``--set glad_t
     .venv/bin/python benchmarks/bench_proact.py --report-only --suites sokoban-tiny --out runs/bench-proact
 
 ``--neighbors`` adds the Sokoban env's ``Around you`` line (``text_neighbors=True``: what each move runs into);
-``--moves`` adds 2048's line of the moves that change the board (``text_moves=True``).
+``--moves`` / ``--no-moves`` set 2048's line of the moves that change the board (``text_moves``; ProAct's default
+for 2048 has it).
 ``--zero-shot-once`` evaluates the untrained model in the first seed only (Sokoban is deterministic, so greedy
 decoding gives every seed the same zero-shot episodes). Sokoban reports also replay every held-out move against
 the solver (share on a shortest solution, deadlocks, moves repeated on an unchanged board).
@@ -351,12 +352,13 @@ def main() -> None:
                         "greedy decoding gives every seed the same zero-shot result (2048's tile spawns differ)")
     parser.add_argument("--neighbors", action="store_true",
                         help="Sokoban suites add the env's 'Around you' line (text_neighbors=True)")
-    parser.add_argument("--moves", action="store_true",
-                        help="2048 suites add the line of moves that change the board (text_moves=True)")
+    parser.add_argument("--moves", action=argparse.BooleanOptionalAction, default=None,
+                        help="2048 suites with (--moves) or without (--no-moves) the line of moves that change the "
+                        "board (text_moves); neither: ProAct's default for 2048, which has it")
     args = parser.parse_args()
     out = Path(args.out)
     extra = {"sokoban": {"text_neighbors": True} if args.neighbors else {},
-             "game2048": {"text_moves": True} if args.moves else {}}
+             "game2048": {} if args.moves is None else {"text_moves": args.moves}}
     if not args.report_only:
         for suite in args.suites:
             for i, seed in enumerate(args.seeds):

@@ -128,6 +128,12 @@ def test_train_config_keeps_the_trainer_defaults_it_is_not_told_to_change():
     assert cfg.env.kwargs == {"size": 3} and cfg.env.max_turns == 10
     cfg = resolve_config(LoopConfig, overrides=["env.id=bandit"])  # --set env.id counts as --env
     assert cfg.env.kwargs == {}
+    # A trainer's own start for another env: ProAct plays 2048 with the changing-moves line and 60 moves.
+    cfg = resolve_config(ProActConfig, env="game2048", env_kwargs={"size": 3})
+    assert cfg.env.kwargs == {"text_moves": True, "size": 3} and cfg.env.max_turns == 60
+    cfg = resolve_config(ProActConfig, env="game2048", env_kwargs={"text_moves": False}, overrides=["env.max_turns=9"])
+    assert cfg.env.kwargs == {"text_moves": False} and cfg.env.max_turns == 9
+    assert resolve_config(ProActConfig, env="sokoban").env.kwargs["text_neighbors"] is True  # its default env
     cfg = resolve_config(ProActConfig, overrides=["policy.model=somewhere"])
     assert cfg.policy.think and cfg.policy.max_new_tokens == 96 and cfg.policy.model == "somewhere"
     # A resumed run's config is taken as it is.

@@ -145,6 +145,9 @@ class TrainerConfig:
 
     #: Whether the trainer's collection honours ``env.oracle_starts`` (the policy-gradient trainers do).
     oracle_starts_supported: ClassVar[bool] = False
+    #: What ``--env ID`` (another env than the default) starts from, by registered env id: ``kwargs`` (in place of
+    #: none) and ``max_turns`` (in place of the default env's budget). ``--env-kwargs`` and ``--set`` apply on top.
+    env_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
         if self.env.oracle_starts > 0 and not self.oracle_starts_supported:

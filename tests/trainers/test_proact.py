@@ -351,10 +351,13 @@ def test_glad_detours_are_history_not_loss(tmp_path, tiny_backend):
             assert t["action"] in context and t["action"] not in trained
 
 
-def test_default_sokoban_view_has_the_around_you_line_and_2048_gets_none():
+def test_default_views_have_the_around_you_line_on_sokoban_and_the_changing_moves_on_2048():
     from agentgym.training import resolve_config
 
     sokoban = resolve_config(ProActConfig, env="sokoban")
     assert sokoban.env.kwargs["text_neighbors"] is True and sokoban.env.kwargs["text_positions"] is True
     assert agentgym.make("sokoban", **sokoban.env.kwargs).reset(seed=0)[0]["text"].count("Around you:") == 1
-    assert resolve_config(ProActConfig, env="2048").env.kwargs == {}
+    game = resolve_config(ProActConfig, env="2048")
+    assert game.env.kwargs == {"text_moves": True} and game.env.max_turns == 60
+    text = agentgym.make("2048", **game.env.kwargs).reset(seed=0)[0]["text"]
+    assert text.count("Moves that change the board:") == 1 and "Around you" not in text
