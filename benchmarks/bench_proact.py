@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -80,6 +81,32 @@ def episodes(run: Path, stage: str, split: str = "test") -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_change(runs: list[tuple[int, Path]], before: str, after: str) -> str:
+    """Test tasks solved at one stage and not the other, pairing each run's episodes by task (McNemar's counts).
+
+    Each run plays the same held-out tasks at every stage, so a stage's gain is the tasks it newly solves less the
+    ones it loses; the exact two-sided sign test on those discordant pairs says whether the change beats chance.
+    """
+    gained = lost = both = neither = 0
+    for _, run in runs:
+        first = {(e["task"], e.get("seed")): bool(e.get("success")) for e in episodes(run, before)}
+        for e in episodes(run, after):
+            key = (e["task"], e.get("seed"))
+            if key not in first:
+                continue
+            was, now = first[key], bool(e.get("success"))
+            gained += now and not was
+            lost += was and not now
+            both += was and now
+            neither += not was and not now
+    n = gained + lost
+    if gained + lost + both + neither == 0:
+        return f"paired {before} -> {after}: no test task played at both stages"
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n if n else 1.0
+    return (f"paired {before} -> {after} (same test tasks): solved at both {both}, neither {neither}, newly solved "
+            f"{gained}, lost {lost}; two-sided sign test on the {n} changed tasks p = {min(1.0, 2 * tail):.3f}")
 
 
 def last_info(episode: dict) -> dict:
@@ -323,6 +350,8 @@ def report(suites: list[str], seeds: list[int], out: Path) -> None:
                     dev = [e for _, run in runs for e in episodes(run, stage, "dev")]
                     print(f"  {stage} (dev and test): "
                           f"{moves_2048([*dev, *eps], int(kwargs['size']), config['env']['max_turns'])}")
+        if env == "sokoban":
+            print(paired_change(runs, "glad", "end"))
         missing = [seed for seed, run in runs if not episodes(run, "start")]
         if missing:
             why = ("on a deterministic env, greedy decoding of the same model on the same tasks gives every seed the "
