@@ -105,3 +105,91 @@ def canonical_action(base: Any, text: str) -> Any | None:
         if parsed is None:
             return None
     return parsed.tobytes() if isinstance(parsed, np.ndarray) else parsed
+
+
+def rewrite_decision(text: str, old: str, new: str) -> str | None:
+    """``text`` with its decision changed from the action named ``old`` to the one named ``new``, or None.
+
+    The decision is the answer (the content of the last ``<answer>...</answer>``, or the whole text when it has
+    none) and, when the reasoning before it ends in a clause naming ``old`` (a GLAD chain's ``Best: Left.``), the
+    last mention of ``old`` in that closing clause. Everything before stays as written, so the rewritten reply
+    shares the sampled reply's reasoning and differs only in the decision. None when the answer is not ``old``.
+    """
+    from policies.llm.prompts import ANSWER_CLOSE, ANSWER_OPEN
+
+    start = text.rfind(ANSWER_OPEN)
+    if start < 0:
+        return new if text.strip() == old else None
+    end = text.find(ANSWER_CLOSE, start)
+    if end < 0 or text[start + len(ANSWER_OPEN) : end].strip() != old:
+        return None
+    head, tail = text[:start], text[end:]
+    body = head.rstrip()
+    if body.endswith("</think>"):
+        body = body[: -len("</think>")].rstrip()
+    clause_start = max(body.rfind(". ", 0, len(body) - 1), body.rfind(">")) + 1  # the closing sentence
+    at = body.rfind(old, clause_start)
+    if at >= 0:
+        head = head[:at] + new + head[at + len(old) :]
+    return f"{head}{ANSWER_OPEN}{new}{tail}"
+
+
+def contrast_groups(scores: GroupScores, base: Any, replies: Sequence[Sequence[str]]
+                    ) -> tuple[list[list[str]], list[list[int | None]], GroupScores]:
+    """Degenerate groups become one reply per action: the first sampled reply and its rewrites to every other action.
+
+    A group whose G replies all chose one action (or got one value) carries no contrast of its own. This turns it
+    into a group over the state's whole action set: the first sampled reply, plus that reply rewritten
+    (:func:`rewrite_decision`) to each other action of ``base.action_names``, each scored by its own ``Q(s, a)``
+    from the group's table. ``mc_grpo_advantages`` then gives each the z-score of its Q against all actions (the
+    same formula as the plain fallback), so the tokens the rows share (the reasoning) get advantages that sum to
+    zero, and the decision tokens get the contrast, including a positive one for the best action when the policy
+    never sampled it. The other G-1 sampled replies of the group are dropped. Groups that are not degenerate, and
+    degenerate ones whose reply cannot be rewritten (no parseable decision), are kept as sampled.
+
+    Returns:
+        ``(texts, forced, scores)``: the reply texts per group; per reply, None for a sampled one and the action id
+        for a rewrite; the scores of those rows (row-major, as ``score_groups``).
+    """
+    names = tuple(getattr(base, "action_names", ()))
+    texts: list[list[str]] = []
+    forced: list[list[int | None]] = []
+    row = 0
+    rows_of: list[tuple[int, int | None]] = []  # (source row, forced action or None)
+    for k, group in enumerate(replies):
+        rows = list(range(row, row + len(group)))
+        row += len(group)
+        first = rows[0]
+        parsed = None if scores.invalid[first] else canonical_action(base, group[0])
+        rewrites: dict[int, str] = {}
+        if scores.degenerate[k] and isinstance(parsed, (int, np.integer)) and len(names) == scores.table.shape[1]:
+            for a, name in enumerate(names):
+                if a != int(parsed):
+                    new = rewrite_decision(group[0], names[int(parsed)], name)
+                    if new is not None and canonical_action(base, new) == a:
+                        rewrites[a] = new
+        if len(rewrites) != len(names) - 1:  # not degenerate, or not every action reachable by a rewrite
+            texts.append(list(group))
+            forced.append([None] * len(group))
+            rows_of += [(r, None) for r in rows]
+            continue
+        texts.append([group[0], *rewrites.values()])
+        forced.append([None, *rewrites.keys()])
+        rows_of += [(first, None), *((first, a) for a in rewrites)]
+    src = np.array([r for r, _ in rows_of], dtype=np.int64)
+    q = scores.q[src].copy()
+    invalid = scores.invalid[src].copy()
+    for n, (r, a) in enumerate(rows_of):
+        if a is not None:
+            q[n] = scores.table[r, a]
+            invalid[n] = False
+    new_scores = GroupScores(
+        q=q,
+        actions=scores.actions[src].copy(),  # one id per degenerate group, as mc_grpo_advantages' fallback needs
+        group=scores.group[src].copy(),
+        table=scores.table[src].copy(),
+        degenerate=scores.degenerate.copy(),
+        invalid=invalid,
+        seconds=scores.seconds,
+    )
+    return texts, forced, new_scores

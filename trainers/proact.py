@@ -54,7 +54,7 @@ from agentgym.config import ConfigError
 from agentgym.errors import AgentGymError
 from agentgym.glad import GladConfig, build_dataset, chain_writer
 from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
-from agentgym.mc_groups import GroupScores, score_groups
+from agentgym.mc_groups import GroupScores, contrast_groups, score_groups
 from agentgym.registry import make
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
@@ -62,6 +62,7 @@ from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, EnvSection, PolicySection, build_policy, default_env, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
+from trainers.sft import reply_ids
 from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
@@ -174,6 +175,13 @@ class ProActConfig(PPOConfig):
     mc_fallback: bool = True
     """Score degenerate groups (one action, or one value) against all actions of the state (needs a Discrete action
     space); false: they get advantage 0."""
+    mc_fallback_rewrites: bool = False
+    """How the fallback scores a degenerate group. False (ProAct's code): each sampled reply gets the z-score of its
+    ``Q(s, a)`` against all actions, so a near-deterministic policy gets mostly positive advantages on its own
+    replies, reasoning included, and an action it never samples gets no push. True: the group becomes one reply
+    per action, the first sampled reply and its rewrites to every other action (``mc_groups.contrast_groups``: the
+    chain's closing ``Best:`` clause and the answer changed), each scored by its own Q; the shared chain then gets
+    advantages that sum to zero and the decision gets the contrast. Needs the env's ``action_names``."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -321,6 +329,15 @@ class ProActTrainer(PPOTrainer):
                     f"mc_fallback=true scores degenerate groups against every action, which needs a Discrete action "
                     f"space; {cfg.env.id} has {base.action_space}. Set mc_fallback=false."
                 )
+            if cfg.rl_stage == "mc_grpo" and cfg.mc_fallback_rewrites:
+                names = tuple(getattr(base, "action_names", ()))
+                if not cfg.mc_fallback or len(names) != getattr(base.action_space, "n", -1):
+                    raise ConfigError(
+                        f"mc_fallback_rewrites=true rewrites a degenerate group's reply to every action by name, which "
+                        f"needs mc_fallback=true and an env with one action_names entry per action; got "
+                        f"mc_fallback={cfg.mc_fallback} and action_names={names!r} for {base.action_space}. "
+                        "Set mc_fallback_rewrites=false."
+                    )
         finally:
             env.close()
 
@@ -498,34 +515,45 @@ class ProActTrainer(PPOTrainer):
         generations = self.sample_replies(prompts, policy, int(rng.integers(2**31)))
         generate_s = time.perf_counter() - started
         before = dict(self.critic.stats)
-        scores = self.score_replies(states, [[g.text for g in group] for group in generations])
+        texts = [[g.text for g in group] for group in generations]
+        scores = self.score_replies(states, texts)
+        forced: list[list[int | None]] = [[None] * len(group) for group in texts]
+        if cfg.mc_fallback and cfg.mc_fallback_rewrites:
+            texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
         adv = scores.advantages()
         rows = []
-        for k, ((i, t), group) in enumerate(zip(picks, generations)):
-            for j, gen in enumerate(group):
-                n = k * len(group) + j
+        n = 0
+        for k, (i, t) in enumerate(picks):
+            for j, (text, action) in enumerate(zip(texts[k], forced[k])):
+                gen = generations[k][j if action is None else 0]
+                ids, logprobs, sets = gen.token_ids, gen.logprobs, gen.choice_sets
+                if action is not None:
+                    ids, sets = self._rewritten_tokens(gen, text, action, policy)
+                    logprobs = [0.0] * len(ids)  # the update scores every row under the pre-update model
                 info = {
                     "q_mc": float(scores.q[n]),
                     "advantage": float(adv[n]),
                     "state_turn": t,
                     "fallback": bool(scores.degenerate[k] and cfg.mc_fallback),
+                    **({"rewritten_to": action} if action is not None else {}),
                 }
                 rows.append(
                     one_turn_row(
                         trajectories[i],
                         t,
                         prompts[k],
-                        gen.token_ids,
-                        gen.logprobs,
-                        text=gen.text,
+                        ids,
+                        logprobs,
+                        text=text,
                         reward=float(scores.q[n]),
                         key=[trajectories[i].task, t, k],
                         constrained=gen.constrained,
                         valid=not scores.invalid[n],
                         info=info,
-                        choice_sets=gen.choice_sets,
+                        choice_sets=sets,
                     )
                 )
+                n += 1
         self._scores = scores
         try:
             stats = super(PPOTrainer, self).update(rows)  # the shared clipped loss (PolicyGradientTrainer.update)
@@ -543,9 +571,29 @@ class ProActTrainer(PPOTrainer):
             mc_generate_s=generate_s,
             mc_states=float(len(picks)),
             mc_replies=float(len(rows)),
+            mc_rewrites=float(sum(a is not None for group in forced for a in group)),
         )
         self._write_rows(rows)
         return stats
+
+    def _rewritten_tokens(self, gen: Generation, text: str, action: int, policy: Any
+                          ) -> tuple[list[int], list[list[int] | None] | None]:
+        """Token ids of a reply rewritten to ``action``, as the policy would emit them, and its guided choice sets.
+
+        The sets are the sampled reply's, aligned at the end (guided decoding constrains the answer and what follows
+        it); None where a rewritten token falls outside its set, so the row is then scored over the whole vocabulary.
+        """
+        conf = policy.config
+        name = self.replay_env().unwrapped.action_names[action]
+        ids = reply_ids(self.backend.tokenizer, text, choice=name, guided=conf.guided, think=conf.think)
+        sampled = list(gen.choice_sets or [])
+        first = next((p for p, s in enumerate(sampled) if s is not None), None)
+        if first is None:
+            return ids, None
+        tail = sampled[first:]
+        sets = [None] * (len(ids) - len(tail)) + tail
+        ok = len(ids) >= len(tail) and all(s is None or tok in s for tok, s in zip(ids, sets))
+        return ids, sets if ok else None
 
     def _write_rows(self, rows: list[Trajectory], limit: int = 8) -> None:
         """Keep a few scored replies per iteration (``samples/mc_grpo.jsonl``) for inspection."""

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 import agentgym  # noqa: E402
 from agentgym.config import ConfigError, load_config  # noqa: E402
 from agentgym.errors import AgentGymError  # noqa: E402
+from agentgym.mc_groups import contrast_groups, rewrite_decision  # noqa: E402
 from agentgym.runs import RunDir  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
@@ -117,6 +118,85 @@ def test_mc_grpo_scores_groups_and_uses_the_fallback_for_degenerate_ones(tmp_pat
     plain = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3", "mc_fallback=false", name="plain")
     adv = plain.score_replies([state] * 3, groups[:3]).advantages().tolist()
     assert adv[:6] == [0.0] * 6 and adv[7] > 0
+
+
+def test_rewrite_decision_changes_the_closing_clause_and_the_answer_only():
+    chain = "<think>Box 1 left. Left: pushes box, solves it. Down: wall. Best: Down.</think><answer>Down</answer>"
+    assert rewrite_decision(chain, "Down", "Left") == (
+        "<think>Box 1 left. Left: pushes box, solves it. Down: wall. Best: Left.</think><answer>Left</answer>"
+    )
+    # A closing clause that names another move than the answer is left as written; the answer still changes.
+    odd = "<think>Left: x. Down: y. Best: Left.</think><answer>Down</answer>"
+    assert rewrite_decision(odd, "Down", "Up") == "<think>Left: x. Down: y. Best: Left.</think><answer>Up</answer>"
+    assert rewrite_decision("blue", "blue", "red") == "red"  # a bare answer
+    assert rewrite_decision(chain, "Up", "Left") is None  # the answer is not the named action
+    assert rewrite_decision("<think>Best: Down.</think>", "Down", "Up") is None  # no answer to rewrite
+
+
+def test_fallback_rewrites_turn_a_degenerate_group_into_one_reply_per_action(tmp_path, tiny_backend):
+    trainer = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3", "mc_fallback_rewrites=true")
+    env = agentgym.make("bandit")
+    env.reset(seed=0)
+    state = env.unwrapped.get_state()
+    groups = [["blue", "blue", "blue"], ["red", "green", "red"], ["red", "blue", "green"], ["no idea", "hmm"]]
+    scores = trainer.score_replies([state] * 4, groups)
+    texts, forced, contrasted = contrast_groups(scores, env.unwrapped, groups)
+    names = list(env.unwrapped.action_names)
+    assert names == ["red", "green", "blue", "yellow"]
+    # The all-blue group and the one-value group become the first reply plus its rewrites to the other arms.
+    assert texts[0] == ["blue", "red", "green", "yellow"] and forced[0] == [None, 0, 1, 3]
+    assert texts[1] == ["red", "green", "blue", "yellow"] and forced[1] == [None, 1, 2, 3]
+    assert texts[2] == groups[2] and forced[2] == [None] * 3  # an ordinary group stays as sampled
+    assert texts[3] == groups[3] and forced[3] == [None] * 2  # nothing parseable to rewrite
+    adv = contrasted.advantages().numpy()
+    group = contrasted.group
+    # Each rewritten row is scored by its own arm's Q (blue 1, others 0): blue +sqrt(3), the others -1/sqrt(3),
+    # so the rows of a contrasted group, which share the same reasoning, sum to zero.
+    flat = [t for g in texts[:2] for t in g]
+    assert adv[:8] == pytest.approx([3**0.5 if t == "blue" else -(3**-0.5) for t in flat], rel=1e-4)
+    assert adv[group == 0].sum() == pytest.approx(0, abs=1e-6) and adv[group == 1].sum() == pytest.approx(0, abs=1e-6)
+    assert adv[8:11] == pytest.approx(scores.advantages().numpy()[6:9])  # the ordinary group is unchanged
+    assert contrasted.q[:8].tolist() == [float(t == "blue") for t in flat]
+
+
+def test_fallback_rewrites_need_the_fallback_and_action_names(tmp_path, tiny_backend):
+    with pytest.raises(ConfigError, match="mc_fallback_rewrites=true.*mc_fallback=False"):
+        _trainer(tmp_path, tiny_backend(), "mc_fallback=false", "mc_fallback_rewrites=true")
+
+
+def test_fallback_rewrites_reach_the_loss_as_tokens_of_the_rewritten_reply(tmp_path, tiny_backend, monkeypatch):
+    trainer = _trainer(
+        tmp_path,
+        tiny_backend(seed=2),
+        "tasks_per_iteration=2",
+        "mc_states=2",
+        "mc_group_size=1",  # one reply per state: every group is degenerate, so every one is rewritten
+        "minibatch_size=8",
+        "micro_batch_size=8",
+        "mc_fallback_rewrites=true",
+    )
+    seen = []
+    original = trainer._minibatch
+
+    def spy(batch, rows, advantages, old_logp, weights):
+        seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
+        return original(batch, rows, advantages, old_logp, weights)
+
+    monkeypatch.setattr(trainer, "_minibatch", spy)
+    stats = trainer.update(trainer.collect(0))
+    names = set(agentgym.make("bandit").unwrapped.action_names)
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    rewritten = [r for r in rows if "rewritten_to" in r["turns"][0]["info"]]
+    assert stats["mc_rewrites"] == len(rewritten) == 6, stats  # 2 states x the 3 arms not sampled
+    assert stats["mc_replies"] == len(seen) == 8 and stats["optimizer_steps"] == 1
+    assert sorted(text.strip() for text, _ in seen) == sorted([*names, *names])  # each state: one row per arm
+    for row in rewritten:  # a rewrite's tokens spell its text, and it is scored as the arm it names
+        turn = row["turns"][0]
+        assert turn["action"] in names
+        assert (turn["info"]["q_mc"] == 1.0) == (turn["action"] == "blue")
+    # Blue pays: every blue row gets a positive advantage, every other one a negative one.
+    assert all((adv > 0) == (text.strip() == "blue") for text, adv in seen), seen
+    assert any(text.strip() == "blue" for text, _ in seen)
 
 
 def test_mc_grpo_advantages_reach_the_loss_with_the_right_signs(tmp_path, tiny_backend, monkeypatch):
