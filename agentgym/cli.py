@@ -320,13 +320,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_glad(args: argparse.Namespace) -> int:
     """Write GLAD demonstrations (oracle play with compressed search chains) as a trajectories JSONL."""
     from agentgym.glad import GladConfig, build_dataset
+    from agentgym.training import resolve_config
+    from trainers.proact import ProActConfig
 
+    # The env as `agentgym train --env ENV --trainer proact` builds it (Sokoban's preset and Around-you line, 2048's
+    # moves line), so the data read here is the data a ProAct run trains on; --env-kwargs add to that.
+    env = resolve_config(ProActConfig, env=args.env, env_kwargs=parse_kwargs(args.env_kwargs)).env
     config = GladConfig(tasks=args.tasks, split=args.split, seed=args.seed, max_turns=args.max_turns,
                         search_seconds=args.search_seconds, detours=args.detours)
     with Progress(TextColumn("[bold]glad[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         bar = progress.add_task(args.env, total=args.tasks)
-        report = build_dataset(args.env, args.out, config, env_kwargs=parse_kwargs(args.env_kwargs),
+        report = build_dataset(env.id, args.out, config, env_kwargs=env.kwargs,
                                on_task=lambda _i, _status: progress.advance(bar))
     console.print(report.summary(), markup=False, highlight=False)
     return 0
@@ -400,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, default=0, help="index of the episode in the file")
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("glad", help="write GLAD lookahead demonstrations (search chains) for SFT")
+    p = sub.add_parser("glad", help="write GLAD lookahead demonstrations (search chains) for SFT, on the env "
+                       "as `agentgym train --trainer proact` builds it (--env-kwargs add to its kwargs)")
     _add_env_args(p)
     p.add_argument("--tasks", "-n", type=int, default=64, help="training tasks to play")
     p.add_argument("--out", required=True, metavar="FILE", help="JSONL to write; train with --set data_file=FILE")

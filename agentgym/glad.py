@@ -8,12 +8,13 @@ the reply ``<think>CHAIN</think><answer>ACTION</answer>``, the format the LLM po
 
     agentgym glad --env sokoban --tasks 64 --out glad.jsonl
     agentgym train --env sokoban --trainer sft --set data_file=glad.jsonl --set policy.think=true \
-        --set policy.max_new_tokens=96
+        --set policy.max_new_tokens=96 --env-kwargs text_neighbors=true
 
 distils the search into the model (the SFT trainer replays each record's replies in the env and keeps the chain
 text in the tokenized reply; chains are about 20-40 words, 35-80 SmolLM2 tokens, so replies need a token budget
-of about 96 at play time). Train with the ``--env-kwargs`` the data was made with: replay checks that every
-observation matches the recorded one.
+of about 96 at play time). ``agentgym glad`` builds the env as a ProAct run does (on Sokoban, the trainers' default
+tiny preset with the ``Around you`` line, hence ``text_neighbors=true`` above); train on the env the data was made
+with: replay checks that every observation matches the recorded one.
 
 Oracle play only visits the solver's own path, while a policy that errs once is off it, often with its mistake
 in the history (a small model repeats a blocked push it believes is shortest). ``GladConfig.detours`` (``agentgym

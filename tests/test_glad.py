@@ -106,11 +106,19 @@ def test_cli_writes_the_requested_tasks(tmp_path: Path) -> None:
     out = tmp_path / "cli.jsonl"
     code = main(["glad", "--env", "sokoban", "--tasks", "2", "--out", str(out), "--env-kwargs", "preset=tiny"])
     assert code == 0
-    assert len(out.read_text().splitlines()) == 2
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # The env as a ProAct run builds it, --env-kwargs on top: the tiny preset, with ProAct's Around-you line.
+    assert len(records) == 2 and all("\nAround you: " in t["observation"] for r in records for t in r["turns"])
+    assert all(r["turns"][0]["observation"].splitlines()[0] == "#####" for r in records)  # tiny: a 5x5 board
     code = main(["glad", "--env", "2048", "--tasks", "2", "--out", str(out), "--max-turns", "5"])
     assert code == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]  # overwritten, not appended
     assert len(records) == 2 and all(len(r["turns"]) == 5 and r["truncated"] for r in records)
+    assert all("Moves that change the board: " in t["observation"] for r in records for t in r["turns"])
+    code = main(["glad", "--env", "2048", "--tasks", "1", "--out", str(out), "--max-turns", "2",
+                 "--env-kwargs", "text_moves=false"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and not any("Moves that change" in t["observation"] for t in records[0]["turns"])
 
 
 def test_search_timeouts_skip_and_count_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,10 @@
    cannot parse gets the invalid action's value) and its advantage is the group z-score of those values, or, for a
    degenerate group (every reply the same action, or every value the same), the z-score of ``Q(s, a_i)`` against
    all of the state's actions (``ops.mc_grpo_advantages`` with ``MCCritic.q_table``; ProAct's
-   ``use_abs_adv_only_for_group_with_same_reward``). The update is the shared clipped policy loss of
-   ``PolicyGradientTrainer.update`` on one-turn sequences.
+   ``use_abs_adv_only_for_group_with_same_reward``). With ``mc_fallback_rewrites`` a degenerate group instead
+   becomes one reply per action: the first sampled reply and its rewrites to every other action (closing clause and
+   answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). The update is the shared clipped
+   policy loss of ``PolicyGradientTrainer.update`` on one-turn sequences.
 3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
    turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
    with ``V_MC`` the MC-Critic value of the turn's state; one-step TD advantages (lambda 0) and return targets from
