@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -185,7 +186,7 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     budget = SearchBudget(seconds=30.0)
     right: Counter = Counter()
     seen: Counter = Counter()
-    positions = aimed = consistent = turns = 0
+    positions = aimed = consistent = turns = unfollowed = 0
     by_plan: Counter = Counter()  # positions by whether the next-push clause was right
     on_path: Counter = Counter()  # ... where the answer was a move on a shortest solution
     for record in records:
@@ -208,6 +209,8 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
             answer = env.unwrapped.parse_action(reply)
             verdict = said.get(NAMES[answer], "") if answer is not None else ""
             consistent += verdict.endswith(("shortest", "solves it")) and not verdict.endswith("also shortest")
+            best = re.search(r"Best: (\w+)\.", reply.partition("</think>")[0])
+            unfollowed += best is not None and answer is not None and best.group(1) != NAMES[answer]
             true_verdict = truth.get(NAMES[answer], "") if answer is not None else ""
             plan_right = said.get("next") == truth["next"]
             by_plan[plan_right] += 1
@@ -219,7 +222,8 @@ def chain_accuracy(records: list[dict], kwargs: dict[str, object]) -> str:
     return (f"chains vs the solver's at {turns} positions: offsets line right {positions / turns:.0%}; "
             f"next-push clause right {by_plan[True] / turns:.0%} (its box and direction {aimed / turns:.0%}); "
             f"clauses right by true verdict: {kinds}; answer is a move its own chain calls shortest "
-            f"{consistent / turns:.0%}; answer on a shortest solution where the next-push clause is right "
+            f"{consistent / turns:.0%}; answer not the chain's own `Best:` move {unfollowed}/{turns}; "
+            f"answer on a shortest solution where the next-push clause is right "
             f"{on_path[True]}/{by_plan[True]}, where it is wrong {on_path[False]}/{by_plan[False]}")
 
 
