@@ -183,7 +183,9 @@ class ProActConfig(PPOConfig):
     replies, reasoning included, and an action it never samples gets no push. True: the group becomes one reply
     per action, the first sampled reply and its rewrites to every other action (``mc_groups.contrast_groups``: the
     chain's closing ``Best:`` clause and the answer changed), each scored by its own Q; the shared chain then gets
-    advantages that sum to zero and the decision gets the contrast. Needs the env's ``action_names``."""
+    advantages that sum to zero and the decision gets the contrast. Needs the env's ``action_names``. Measured on
+    6x6 Sokoban it did worse than False: the model learned to answer a move other than its chain's ``Best:``
+    (benchmarks/RESULTS.md), hence off."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
