@@ -64,8 +64,14 @@ from policies.llm.base import Generation, SamplingParams
 from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, EnvSection, PolicySection, build_policy, default_env, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
-from trainers.sft import reply_ids
-from trainers.turn_rows import one_turn_row, play_time_prompt, replay_states, reply_choice_sets, reply_span
+from trainers.turn_rows import (
+    one_turn_row,
+    play_time_prompt,
+    replay_states,
+    reply_choice_sets,
+    reply_span,
+    rewritten_reply_ids,
+)
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
 _STATE_METHODS = ("get_state", "set_state", "state_key")
@@ -532,7 +538,9 @@ class ProActTrainer(PPOTrainer):
                 gen = generations[k][j if action is None else 0]
                 ids, logprobs, sets = gen.token_ids, gen.logprobs, gen.choice_sets
                 if action is not None:
-                    ids, sets = self._rewritten_tokens(gen, text, action, policy)
+                    name = self.replay_env().unwrapped.action_names[action]
+                    ids, sets = rewritten_reply_ids(self.backend.tokenizer, gen.choice_sets, text, name,
+                                                    guided=policy.config.guided, think=policy.config.think)
                     logprobs = [0.0] * len(ids)  # the update scores every row under the pre-update model
                 info = {
                     "q_mc": float(scores.q[n]),
@@ -579,25 +587,6 @@ class ProActTrainer(PPOTrainer):
         )
         self._write_rows(rows)
         return stats
-
-    def _rewritten_tokens(self, gen: Generation, text: str, action: int, policy: Any
-                          ) -> tuple[list[int], list[list[int] | None] | None]:
-        """Token ids of a reply rewritten to ``action``, as the policy would emit them, and its guided choice sets.
-
-        The sets are the sampled reply's, aligned at the end (guided decoding constrains the answer and what follows
-        it); None where a rewritten token falls outside its set, so the row is then scored over the whole vocabulary.
-        """
-        conf = policy.config
-        name = self.replay_env().unwrapped.action_names[action]
-        ids = reply_ids(self.backend.tokenizer, text, choice=name, guided=conf.guided, think=conf.think)
-        sampled = list(gen.choice_sets or [])
-        first = next((p for p, s in enumerate(sampled) if s is not None), None)
-        if first is None:
-            return ids, None
-        tail = sampled[first:]
-        sets = [None] * (len(ids) - len(tail)) + tail
-        ok = len(ids) >= len(tail) and all(s is None or tok in s for tok, s in zip(ids, sets))
-        return ids, sets if ok else None
 
     def _write_rows(self, rows: list[Trajectory], limit: int = 8) -> None:
         """Keep a few scored replies per iteration (``samples/mc_grpo.jsonl``) for inspection."""

@@ -92,6 +92,28 @@ def one_turn_row(
     )
 
 
+def rewritten_reply_ids(tokenizer: Any, sampled_sets: Sequence[Sequence[int] | None] | None, text: str, name: str,
+                        *, guided: bool, think: bool) -> tuple[list[int], list[list[int] | None] | None]:
+    """Token ids of ``text``, a sampled reply rewritten to play the action ``name``, and its guided choice sets.
+
+    The ids are the ones the LLM policy would emit for that text (``trainers.sft.reply_ids``). The sets are the
+    sampled reply's (``sampled_sets``, one per reply token), aligned at the end, where guided decoding constrains
+    the answer and what follows it; None when a rewritten token falls outside its set, so that the row is scored over
+    the whole vocabulary.
+    """
+    from trainers.sft import reply_ids
+
+    ids = reply_ids(tokenizer, text, choice=name, guided=guided, think=think)
+    sampled = list(sampled_sets or [])
+    first = next((p for p, s in enumerate(sampled) if s is not None), None)
+    if first is None:
+        return ids, None
+    tail = [None if s is None else list(s) for s in sampled[first:]]
+    sets = [None] * (len(ids) - len(tail)) + tail
+    ok = len(ids) >= len(tail) and all(s is None or tok in s for tok, s in zip(ids, sets))
+    return ids, sets if ok else None
+
+
 def reply_choice_sets(trajectory: Trajectory, span: tuple[int, int]) -> list[list[int] | None]:
     """The guided choice set of each token in ``span`` of the trajectory's sequence (None where free)."""
     sets = trajectory.choice_set_at()

@@ -55,6 +55,20 @@ def _reply_text(trainer, batch, row):
     return trainer.backend.tokenizer.decode(ids)
 
 
+def _record_minibatches(trainer, monkeypatch):
+    """``(reply text, advantage)`` of every row the trainer's minibatches train on, filled as the update runs."""
+    seen = []
+    original = trainer._minibatch
+
+    def spy(batch, rows, advantages, old_logp, weights):
+        assert weights is None  # one-turn rows, each its own episode: no episode weights
+        seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
+        return original(batch, rows, advantages, old_logp, weights)
+
+    monkeypatch.setattr(trainer, "_minibatch", spy)
+    return seen
+
+
 # ---------------------------------------------------------------------------------------------------- config
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="mc_rollouts=0"):
@@ -175,14 +189,7 @@ def test_fallback_rewrites_reach_the_loss_as_tokens_of_the_rewritten_reply(tmp_p
         "micro_batch_size=8",
         "mc_fallback_rewrites=true",
     )
-    seen = []
-    original = trainer._minibatch
-
-    def spy(batch, rows, advantages, old_logp, weights):
-        seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
-        return original(batch, rows, advantages, old_logp, weights)
-
-    monkeypatch.setattr(trainer, "_minibatch", spy)
+    seen = _record_minibatches(trainer, monkeypatch)
     stats = trainer.update(trainer.collect(0))
     names = set(agentgym.make("bandit").unwrapped.action_names)
     rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
@@ -190,7 +197,7 @@ def test_fallback_rewrites_reach_the_loss_as_tokens_of_the_rewritten_reply(tmp_p
     assert stats["mc_rewrites"] == len(rewritten) == 6, stats  # 2 states x the 3 arms not sampled
     assert stats["mc_replies"] == len(seen) == 8 and stats["optimizer_steps"] == 1
     assert sorted(text.strip() for text, _ in seen) == sorted([*names, *names])  # each state: one row per arm
-    for row in rewritten:  # a rewrite's tokens spell its text, and it is scored as the arm it names
+    for row in rewritten:  # a rewrite names an arm and is scored as that arm (its tokens: `seen` above)
         turn = row["turns"][0]
         assert turn["action"] in names
         assert (turn["info"]["q_mc"] == 1.0) == (turn["action"] == "blue")
@@ -209,15 +216,7 @@ def test_mc_grpo_advantages_reach_the_loss_with_the_right_signs(tmp_path, tiny_b
         "minibatch_size=12",
         "micro_batch_size=12",
     )
-    seen = []
-    original = trainer._minibatch
-
-    def spy(batch, rows, advantages, old_logp, weights):
-        assert weights is None  # one-turn rows, each its own episode: no episode weights
-        seen.extend((_reply_text(trainer, batch, int(r)), float(advantages[int(r)])) for r in rows)
-        return original(batch, rows, advantages, old_logp, weights)
-
-    monkeypatch.setattr(trainer, "_minibatch", spy)
+    seen = _record_minibatches(trainer, monkeypatch)
     stats = trainer.update(trainer.collect(0))
     assert stats["mc_states"] == 2 and stats["mc_replies"] == 12 and stats["optimizer_steps"] == 1, stats
     assert len(seen) == 12
