@@ -44,14 +44,15 @@ class GroupScores:
     invalid: np.ndarray
     seconds: float
 
-    def advantages(self, q: torch.Tensor | None = None) -> torch.Tensor:
-        """MC-GRPO advantages (``ops.mc_grpo_advantages``) of ``q`` (default: the MC values) in these groups."""
+    def advantages(self, q: torch.Tensor | None = None, baseline: str = "mean") -> torch.Tensor:
+        """MC-GRPO advantages of ``q`` (default: the MC values) in these groups, the fallback's ``baseline`` given."""
         values = torch.as_tensor(self.q, dtype=torch.float64) if q is None else q
         return ops.mc_grpo_advantages(
             values,
             torch.as_tensor(self.group, dtype=torch.long),
             torch.as_tensor(self.actions, dtype=torch.long),
             torch.as_tensor(self.table, dtype=torch.float64),
+            baseline=baseline,
         )
 
 
@@ -193,3 +194,80 @@ def contrast_groups(scores: GroupScores, base: Any, replies: Sequence[Sequence[s
         seconds=scores.seconds,
     )
     return texts, forced, new_scores
+
+
+def teacher_replies(env: Any, states: Sequence[Any], budget: Any) -> list[tuple[str, int] | None]:
+    """The GLAD reply at each state (``mc_teacher``): ``(reply text, action id)``, or None where the search has none.
+
+    The env family's GLAD chain writer (``agentgym.glad.chain_writer``) runs from each state, set on ``env`` with
+    ``set_state``, and its chain becomes the reply a GLAD turn teaches (``glad.glad_reply``). None for a state
+    with no good action (a dead end) or whose search ran out of ``budget`` (a ``glad.SearchBudget``).
+    """
+    from agentgym.glad import SearchTimeout, chain_writer, glad_reply
+
+    writer = chain_writer(env)
+    base = env.unwrapped
+    names = tuple(base.action_names)
+    out: list[tuple[str, int] | None] = []
+    for state in states:
+        base.set_state(state)
+        try:
+            found = writer(env, budget)
+        except SearchTimeout:
+            found = None
+        out.append(None if found is None else (glad_reply(found[0], names[found[1]]), int(found[1])))
+    return out
+
+
+def pick_states(critic: MCCritic, base: Any, states: Sequence[Any], played: Sequence[str], count: int,
+                rng: np.random.Generator, *, errors_first: bool) -> list[int]:
+    """Indices of ``count`` of ``states`` (sorted): uniformly, or with ``errors_first`` the policy's mistakes first.
+
+    A mistake is a state where the action the policy played (``played[i]``, its reply text) has a lower
+    ``Q(s, a)`` than the state's best action, or where the env could not use the reply. With ``errors_first``
+    those states are taken first, in random order, and the rest of ``count`` is filled uniformly from the others;
+    it needs the critic's ``q_table`` (a Discrete action space).
+    """
+    count = min(count, len(states))
+    if not errors_first:
+        return sorted(rng.choice(len(states), size=count, replace=False).tolist())
+    table = critic.q_table(list(states))
+    q = critic.q_values(list(states), list(played))
+    wrong = [i for i in range(len(states)) if q[i] < table[i].max() - 1e-9 or canonical_action(base, played[i]) is None]
+    right = [i for i in range(len(states)) if i not in set(wrong)]
+    order = [*rng.permutation(wrong).tolist(), *rng.permutation(right).tolist()]
+    return sorted(int(i) for i in order[:count])
+
+
+def check_mc_grpo_env(cfg: Any, env: Any) -> None:
+    """Raise ``ConfigError`` when the MC-GRPO options of ``cfg`` (a ``ProActConfig``) do not fit ``env``."""
+    from gymnasium import spaces
+
+    from agentgym.config import ConfigError
+    from agentgym.glad import chain_writer
+
+    base = env.unwrapped
+    space = base.action_space
+    discrete = isinstance(space, spaces.Discrete)
+    if cfg.mc_fallback and not discrete:
+        raise ConfigError(
+            f"mc_fallback=true scores degenerate groups against every action, which needs a Discrete action "
+            f"space; {cfg.env.id} has {space}. Set mc_fallback=false."
+        )
+    if cfg.mc_fallback_rewrites:
+        names = tuple(getattr(base, "action_names", ()))
+        if not cfg.mc_fallback or len(names) != getattr(space, "n", -1):
+            raise ConfigError(
+                f"mc_fallback_rewrites=true rewrites a degenerate group's reply to every action by name, which "
+                f"needs mc_fallback=true and an env with one action_names entry per action; got "
+                f"mc_fallback={cfg.mc_fallback} and action_names={names!r} for {space}. "
+                "Set mc_fallback_rewrites=false."
+            )
+    if cfg.mc_teacher:
+        if cfg.mc_fallback_rewrites:
+            raise ConfigError("mc_teacher=true with mc_fallback_rewrites=true: a rewritten group drops the teacher's "
+                              "reply; set one of them to false.")
+        chain_writer(env)  # raises, naming the function to write, when the env family has none
+    if cfg.mc_pick == "errors" and not discrete:
+        raise ConfigError(f"mc_pick=errors compares the played action with the best of a Q table, which needs a "
+                          f"Discrete action space; {cfg.env.id} has {space}. Set mc_pick=uniform.")

@@ -287,6 +287,26 @@ def test_mc_grpo_group_z_score_and_same_action_fallback() -> None:
         mc_grpo_advantages(q, groups, actions, table[:2])
 
 
+def test_mc_grpo_fallback_with_the_best_action_as_baseline() -> None:
+    q = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 3.0, 3.0, -2.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])
+    actions = torch.tensor([0, 1, 2, 3, 3, 1, 1, -1])
+    table = torch.tensor([[1.0, 2.0, 3.0, 4.0]] * 3 + [[1.0, 3.0, 3.0, 5.0]] * 4 + [[0.0, 1.0, 2.0, 3.0]])
+    adv = mc_grpo_advantages(q, groups, actions, table, baseline="best")
+    # Group 0 is not degenerate: the group z-score, as with the mean baseline. Group 1 chose the best action
+    # (5): 0. Group 2 chose a value-3 action, 2 below the best, std sqrt(2). Group 3: 3 - (-2) = 5 below, std
+    # sqrt(1.25).
+    expected = [-1 / (1 + 1e-5), 0.0, 1 / (1 + 1e-5), 0.0, 0.0, -2 / (2**0.5 + 1e-5), -2 / (2**0.5 + 1e-5),
+                -5 / (1.25**0.5 + 1e-5)]
+    torch.testing.assert_close(adv, torch.tensor(expected))
+    # A mask leaves the best action out: then the best allowed one is the baseline.
+    masked = mc_grpo_advantages(q[5:7], groups[5:7], actions[5:7], table[5:7], baseline="best",
+                                action_mask=torch.tensor([[1, 1, 1, 0]] * 2, dtype=torch.bool))
+    torch.testing.assert_close(masked, torch.zeros(2))
+    with pytest.raises(OpsInputError, match="baseline='max'.*'best'"):
+        mc_grpo_advantages(q, groups, actions, table, baseline="max")
+
+
 def test_blend_and_one_step_td_advantages() -> None:
     v_learned = torch.tensor([[1.0, 2.0, 4.0]])
     v_mc = torch.tensor([[3.0, 0.0, 4.0]])

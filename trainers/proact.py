@@ -18,8 +18,10 @@
    all of the state's actions (``ops.mc_grpo_advantages`` with ``MCCritic.q_table``; ProAct's
    ``use_abs_adv_only_for_group_with_same_reward``). With ``mc_fallback_rewrites`` a degenerate group instead
    becomes one reply per action: the first sampled reply and its rewrites to every other action (closing clause and
-   answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). The update is the shared clipped
-   policy loss of ``PolicyGradientTrainer.update`` on one-turn sequences.
+   answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). Additions not in ProAct:
+   ``mc_fallback_baseline``, ``mc_teacher`` (the GLAD reply joins each group) and ``mc_pick`` (the policy's
+   mistakes first). The update is the shared clipped policy loss of ``PolicyGradientTrainer.update`` on one-turn
+   sequences.
 3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
    turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
    with ``V_MC`` the MC-Critic value of the turn's state; one-step TD advantages (lambda 0) and return targets from
@@ -49,14 +51,20 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from agentgym import ops
 from agentgym.config import ConfigError
 from agentgym.errors import AgentGymError
-from agentgym.glad import GladConfig, build_dataset, chain_writer
+from agentgym.glad import GladConfig, SearchBudget, build_dataset, chain_writer
 from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
-from agentgym.mc_groups import GroupScores, contrast_groups, score_groups
+from agentgym.mc_groups import (
+    GroupScores,
+    check_mc_grpo_env,
+    contrast_groups,
+    pick_states,
+    score_groups,
+    teacher_replies,
+)
 from agentgym.registry import make
 from agentgym.runs import RunDir
 from agentgym.trajectory import Trajectory, TrajectoryWriter
@@ -184,14 +192,18 @@ class ProActConfig(PPOConfig):
     """Score degenerate groups (one action, or one value) against all actions of the state (needs a Discrete action
     space); false: they get advantage 0."""
     mc_fallback_rewrites: bool = False
-    """How the fallback scores a degenerate group. False (ProAct's code): each sampled reply gets the z-score of its
-    ``Q(s, a)`` against all actions, so a near-deterministic policy gets mostly positive advantages on its own
-    replies, reasoning included, and an action it never samples gets no push. True: the group becomes one reply
-    per action, the first sampled reply and its rewrites to every other action (``mc_groups.contrast_groups``: the
-    chain's closing ``Best:`` clause and the answer changed), each scored by its own Q; the shared chain then gets
-    advantages that sum to zero and the decision gets the contrast. Needs the env's ``action_names``. Measured on
-    6x6 Sokoban it did worse than False: the model learned to answer a move other than its chain's ``Best:``
-    (benchmarks/RESULTS.md), hence off."""
+    """True: a degenerate group becomes one reply per action, the first sampled reply and its rewrites to every
+    other action (``mc_groups.contrast_groups``), each scored by its own Q. Needs ``action_names``. On 6x6 Sokoban
+    the model then learned to answer a move other than its chain's ``Best:`` (benchmarks/RESULTS.md), hence off."""
+    mc_fallback_baseline: Literal["mean", "best"] = "mean"
+    """What the fallback subtracts from a degenerate group's Q: the mean over all actions (ProAct), or the best
+    action's Q, which gives an optimal reply 0 instead of a positive advantage (``ops.mc_grpo_advantages``)."""
+    mc_teacher: bool = False
+    """Add the GLAD reply at each picked state to its group (``mc_groups.teacher_replies``), scored by its Q like
+    the sampled ones: where the policy errs it is the group's positive example. Not in ProAct; DAgger-like."""
+    mc_pick: Literal["uniform", "errors"] = "uniform"
+    """How ``mc_states`` are picked among the played turns: uniformly, or the turns whose played action is worse
+    than the best by the critic's Q first (``mc_groups.pick_states``; costs a Q table per played turn)."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -334,20 +346,8 @@ class ProActTrainer(PPOTrainer):
                     "set_state()/state_key() (the agentgym env contract; by replay where the state cannot be copied "
                     "cheaply), or train with --set stages=glad."
                 )
-            if cfg.rl_stage == "mc_grpo" and cfg.mc_fallback and not isinstance(base.action_space, spaces.Discrete):
-                raise ConfigError(
-                    f"mc_fallback=true scores degenerate groups against every action, which needs a Discrete action "
-                    f"space; {cfg.env.id} has {base.action_space}. Set mc_fallback=false."
-                )
-            if cfg.rl_stage == "mc_grpo" and cfg.mc_fallback_rewrites:
-                names = tuple(getattr(base, "action_names", ()))
-                if not cfg.mc_fallback or len(names) != getattr(base.action_space, "n", -1):
-                    raise ConfigError(
-                        f"mc_fallback_rewrites=true rewrites a degenerate group's reply to every action by name, which "
-                        f"needs mc_fallback=true and an env with one action_names entry per action; got "
-                        f"mc_fallback={cfg.mc_fallback} and action_names={names!r} for {base.action_space}. "
-                        "Set mc_fallback_rewrites=false."
-                    )
+            if cfg.rl_stage == "mc_grpo":
+                check_mc_grpo_env(cfg, env)
         finally:
             env.close()
 
@@ -498,7 +498,8 @@ class ProActTrainer(PPOTrainer):
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
         scores = self._scores
         table = torch.as_tensor(scores.table, dtype=torch.float64) * self.cfg.reward_scale  # returns are scaled too
-        return ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table)
+        return ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table,
+                                      baseline=self.cfg.mc_fallback_baseline)
 
     def mc_grpo_update(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """Pick states among the played turns, sample G replies at each, score them by Q_MC, update the policy."""
@@ -513,12 +514,11 @@ class ProActTrainer(PPOTrainer):
         if not candidates:
             return {"update_skipped_no_signal": 1.0}
         rng = np.random.default_rng([cfg.seed, self.iteration, 2])
-        picked = sorted(rng.choice(len(candidates), size=min(cfg.mc_states, len(candidates)), replace=False).tolist())
+        replayed = {i: replay_states(self.replay_env(), trajectories[i]) for i in sorted({i for i, _ in candidates})}
+        picked = pick_states(self.critic, self.replay_env().unwrapped, [replayed[i][t] for i, t in candidates],
+                             [trajectories[i].turns[t].action for i, t in candidates], cfg.mc_states, rng,
+                             errors_first=cfg.mc_pick == "errors")
         picks = [candidates[k] for k in picked]
-        replayed: dict[int, list[Any]] = {}
-        for i, _ in picks:
-            if i not in replayed:
-                replayed[i] = replay_states(self.replay_env(), trajectories[i])
         states = [replayed[i][t] for i, t in picks]
         prompts = [play_time_prompt(trajectories[i], t, policy) for i, t in picks]
         started = time.perf_counter()
@@ -526,11 +526,17 @@ class ProActTrainer(PPOTrainer):
         generate_s = time.perf_counter() - started
         before = dict(self.critic.stats)
         texts = [[g.text for g in group] for group in generations]
-        scores = self.score_replies(states, texts)
         forced: list[list[int | None]] = [[None] * len(group) for group in texts]
+        if cfg.mc_teacher:  # the GLAD reply joins its state's group, tokenized below as a forced action
+            budget = SearchBudget(cfg.glad_search_seconds, cfg.glad_search_nodes)
+            for k, found in enumerate(teacher_replies(self.replay_env(), states, budget)):
+                if found is not None:
+                    texts[k].append(found[0])
+                    forced[k].append(found[1])
+        scores = self.score_replies(states, texts)
         if cfg.mc_fallback and cfg.mc_fallback_rewrites:
             texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
-        adv = scores.advantages()
+        adv = scores.advantages(baseline=cfg.mc_fallback_baseline)
         rows = []
         n = 0
         for k, (i, t) in enumerate(picks):
@@ -547,7 +553,7 @@ class ProActTrainer(PPOTrainer):
                     "advantage": float(adv[n]),
                     "state_turn": t,
                     "fallback": bool(scores.degenerate[k] and cfg.mc_fallback),
-                    **({"rewritten_to": action} if action is not None else {}),
+                    **({} if action is None else {"teacher": True} if cfg.mc_teacher else {"rewritten_to": action}),
                 }
                 rows.append(
                     one_turn_row(
@@ -583,7 +589,8 @@ class ProActTrainer(PPOTrainer):
             mc_generate_s=generate_s,
             mc_states=float(len(picks)),
             mc_replies=float(len(rows)),
-            mc_rewrites=float(sum(a is not None for group in forced for a in group)),
+            **{"mc_teacher_replies" if cfg.mc_teacher else "mc_rewrites": float(sum(a is not None for g in forced
+                                                                                   for a in g))},
         )
         self._write_rows(rows)
         return stats

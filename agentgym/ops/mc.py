@@ -29,6 +29,7 @@ def mc_grpo_advantages(
     *,
     action_mask: Tensor | None = None,
     eps: float = 1e-5,
+    baseline: str = "mean",
 ) -> Tensor:
     """MC-GRPO advantage of each sampled response at a shared state.
 
@@ -37,6 +38,10 @@ def mc_grpo_advantages(
     (a group of one included), that z-score is 0 and carries no signal, so the response is instead scored against
     the state's whole action set: ``A_i = (Q_i - mean_a Q(s, a)) / (std_a Q(s, a) + eps)`` with the population std
     over the actions ``action_mask`` allows (ProAct's ``use_abs_adv_only_for_group_with_same_reward``).
+    With ``baseline="best"`` the fallback subtracts the best allowed action's value instead of the mean,
+    ``A_i = (Q_i - max_a Q(s, a)) / (std_a Q(s, a) + eps)``: 0 for an optimal action and negative for a worse one,
+    so a policy that already agrees with itself on the best action gets no push (the mean baseline gives such a
+    reply a positive advantage even though its expected policy gradient is zero).
 
     Args:
         q: ``[N]`` the Monte-Carlo value ``Q(s, a_i)`` of each response's action (an unparseable reply has the
@@ -47,13 +52,17 @@ def mc_grpo_advantages(
         q_table: ``[N, A]`` ``Q(s, a)`` of every action at each response's state (rows of a group are equal).
         action_mask: ``[N, A]`` which actions enter the fallback mean and std (default: all).
         eps: added to the std before dividing (ProAct: 1e-5).
+        baseline: what the fallback subtracts, ``"mean"`` (ProAct) or ``"best"`` of the allowed actions' values.
 
     Returns:
         ``[N]`` advantages in the dtype of ``q``; 0 where the whole action set has one value.
 
     Raises:
-        OpsInputError: on shape or dtype mismatches, or a row whose ``action_mask`` allows no action.
+        OpsInputError: on shape or dtype mismatches, a row whose ``action_mask`` allows no action, or an unknown
+            ``baseline``.
     """
+    if baseline not in ("mean", "best"):
+        raise OpsInputError(f"baseline={baseline!r} is not a fallback baseline; use 'mean' (ProAct) or 'best'.")
     check_ndim("q", q, 1, "[N]")
     check_same_shape("q", q, group_ids=group_ids, actions=actions)
     check_ndim("q_table", q_table, 2, "[N, A]")
@@ -87,7 +96,11 @@ def mc_grpo_advantages(
     masked = torch.where(mask, table, 0.0)
     all_mean = masked.sum(dim=1) / count
     all_std = (torch.where(mask, table - all_mean[:, None], 0.0).square().sum(dim=1) / count).sqrt()
-    fallback = (x - all_mean) / (all_std + eps)
+    if baseline == "best":
+        base = torch.where(mask, table, torch.finfo(wdt).min).amax(dim=1)
+    else:
+        base = all_mean
+    fallback = (x - base) / (all_std + eps)
     return torch.where(same, fallback, group_z).to(dtype)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -11,7 +12,8 @@ torch = pytest.importorskip("torch")
 import agentgym  # noqa: E402
 from agentgym.config import ConfigError, load_config  # noqa: E402
 from agentgym.errors import AgentGymError  # noqa: E402
-from agentgym.mc_groups import contrast_groups, rewrite_decision  # noqa: E402
+from agentgym.glad import SearchBudget  # noqa: E402
+from agentgym.mc_groups import contrast_groups, pick_states, rewrite_decision, teacher_replies  # noqa: E402
 from agentgym.runs import RunDir  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
@@ -334,6 +336,93 @@ def test_glad_writes_its_data_and_sft_loss_decreases(tmp_path, tiny_backend, mon
     again = _trainer(tmp_path, tiny_backend(seed=6), *glad, base=SOKOBAN)
     assert again.restore() == 1 and again._warmup_optimizer_state is not None
     assert again.glad_dataset() == (tmp_path / "proact" / "glad.jsonl", {"glad_reused": 1.0})
+
+
+def test_pick_states_takes_the_policys_mistakes_first(tmp_path, tiny_backend):
+    trainer = _trainer(tmp_path, tiny_backend())
+    env = agentgym.make("bandit")
+    env.reset(seed=0)
+    state = env.unwrapped.get_state()
+    played = ["blue", "red", "blue", "no idea", "blue", "green"]  # blue pays 1, every other arm 0
+    rng = np.random.default_rng(0)
+    picked = pick_states(trainer.critic, env.unwrapped, [state] * 6, played, 3, rng, errors_first=True)
+    assert picked == [1, 3, 5]  # the three replies that are not the best arm (one unparseable)
+    some = pick_states(trainer.critic, env.unwrapped, [state] * 6, played, 5, rng, errors_first=True)
+    assert {1, 3, 5} < set(some) and len(some) == 5
+    uniform = [pick_states(trainer.critic, env.unwrapped, [state] * 6, played, 3, rng, errors_first=False)
+               for _ in range(40)]
+    assert {i for p in uniform for i in p} == set(range(6))
+
+
+def test_teacher_replies_are_the_glad_chain_of_the_best_move(tmp_path, tiny_backend):
+    trainer = _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_rollout_policy=oracle", "mc_rollouts=1",
+                       "mc_horizon=20", base=SOKOBAN)
+    env = trainer.replay_env()
+    states = []
+    for seed in range(3):
+        env.reset(seed=seed)
+        states.append(env.unwrapped.get_state())
+    found = teacher_replies(env, states, SearchBudget())
+    table = trainer.critic.q_table(states)
+    names = env.unwrapped.action_names
+    for (text, action), row in zip(found, table):
+        assert text.startswith("<think>") and text.endswith(f"<answer>{names[action]}</answer>"), text
+        assert env.unwrapped.parse_action(text) == action
+        assert row[action] == pytest.approx(row.max())  # the solver's move is a best one by the oracle's Q
+
+
+def test_mc_teacher_joins_each_group_and_reaches_the_loss(tmp_path, tiny_backend, monkeypatch):
+    trainer = _trainer(
+        tmp_path,
+        tiny_backend(seed=3),
+        "stages=mc_grpo",
+        "mc_teacher=true",
+        "mc_fallback_baseline=best",
+        "mc_pick=errors",
+        "mc_rollout_policy=oracle",
+        "mc_rollouts=1",
+        "mc_horizon=20",
+        "env.max_turns=6",
+        "tasks_per_iteration=2",
+        "mc_states=2",
+        "mc_group_size=2",
+        "minibatch_size=6",
+        "micro_batch_size=6",
+        "policy.think=true",
+        "policy.max_new_tokens=8",
+        base=SOKOBAN,
+    )
+    seen = _record_minibatches(trainer, monkeypatch)
+    stats = trainer.update(trainer.collect(0))
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    teacher = [r["turns"][0] for r in rows if r["turns"][0]["info"].get("teacher")]
+    assert stats["mc_teacher_replies"] == len(teacher) == 2 and stats["mc_replies"] == len(rows) == 6, stats
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((json.dumps(r["task"]), r["turns"][0]["info"]["state_turn"]), []).append(r["turns"][0])
+    assert len(groups) == 2
+    for group in groups.values():
+        best = max(turn["info"]["q_mc"] for turn in group)
+        for turn in group:  # below the group's best: negative; at it: not negative (0 in a one-value group)
+            q, adv = turn["info"]["q_mc"], turn["info"]["advantage"]
+            assert (adv < 0) == (q < best - 1e-9) and (adv >= 0) == (q >= best - 1e-9), group
+        (taught,) = [turn for turn in group if turn["info"].get("teacher")]
+        assert taught["action"].startswith("<think>Box") and taught["info"]["q_mc"] == pytest.approx(best)
+    # Rows with advantage 0 carry no gradient and are left out; the teacher's tokens reach the loss as its reply.
+    nonzero = sorted((t["action"].strip(), round(t["info"]["advantage"], 4)) for t in teacher if t["info"]["advantage"])
+    assert sorted((text.strip(), round(adv, 4)) for text, adv in seen if text.startswith("<think>Box")) == nonzero
+    assert len(seen) == sum(bool(r["turns"][0]["info"]["advantage"]) for r in rows)
+    assert any(adv > 0 for _, adv in seen)
+
+
+def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend):
+    with pytest.raises(AgentGymError, match="glad_chain"):
+        _trainer(tmp_path, tiny_backend(), "mc_teacher=true")
+    with pytest.raises(ConfigError, match="mc_teacher=true with mc_fallback_rewrites=true"):
+        _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_teacher=true", "mc_fallback_rewrites=true",
+                 base=SOKOBAN)
+    with pytest.raises(ConfigError, match="mc_fallback_baseline"):
+        _trainer(tmp_path, tiny_backend(), "mc_fallback_baseline=max")
 
 
 # ---------------------------------------------------------------------------------------------------- MC-PPO
