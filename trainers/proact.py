@@ -203,7 +203,8 @@ class ProActConfig(PPOConfig):
     the sampled ones: where the policy errs it is the group's positive example. Not in ProAct; DAgger-like."""
     mc_pick: Literal["uniform", "errors"] = "uniform"
     """How ``mc_states`` are picked among the played turns: uniformly, or the turns whose played action is worse
-    than the best by the critic's Q first (``mc_groups.pick_states``; costs a Q table per played turn)."""
+    than the best by the critic's Q first (``mc_groups.pick_states``; costs a Q table per played turn). These three
+    together on 6x6 Sokoban: 50% -> 29%, one seed of three dropping its chains (benchmarks/RESULTS.md)."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
