@@ -18,10 +18,8 @@
    all of the state's actions (``ops.mc_grpo_advantages`` with ``MCCritic.q_table``; ProAct's
    ``use_abs_adv_only_for_group_with_same_reward``). With ``mc_fallback_rewrites`` a degenerate group instead
    becomes one reply per action: the first sampled reply and its rewrites to every other action (closing clause and
-   answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). Additions not in ProAct:
-   ``mc_fallback_baseline``, ``mc_teacher`` (the GLAD reply joins each group) and ``mc_pick`` (the policy's
-   mistakes first). The update is the shared clipped policy loss of ``PolicyGradientTrainer.update`` on one-turn
-   sequences.
+   answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). Not in ProAct: ``mc_fallback_baseline``,
+   ``mc_teacher``, ``mc_pick``. The update is the shared clipped loss of ``PolicyGradientTrainer.update`` on one turn.
 3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
    turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
    with ``V_MC`` the MC-Critic value of the turn's state; one-step TD advantages (lambda 0) and return targets from
@@ -192,19 +190,17 @@ class ProActConfig(PPOConfig):
     """Score degenerate groups (one action, or one value) against all actions of the state (needs a Discrete action
     space); false: they get advantage 0."""
     mc_fallback_rewrites: bool = False
-    """True: a degenerate group becomes one reply per action, the first sampled reply and its rewrites to every
-    other action (``mc_groups.contrast_groups``), each scored by its own Q. Needs ``action_names``. On 6x6 Sokoban
-    the model then learned to answer a move other than its chain's ``Best:`` (benchmarks/RESULTS.md), hence off."""
+    """True: a degenerate group becomes its first reply and that reply rewritten to every other action
+    (``contrast_groups``), each scored by its Q. On 6x6 Sokoban answers stopped following ``Best:`` (RESULTS.md)."""
     mc_fallback_baseline: Literal["mean", "best"] = "mean"
-    """What the fallback subtracts from a degenerate group's Q: the mean over all actions (ProAct), or the best
-    action's Q, which gives an optimal reply 0 instead of a positive advantage (``ops.mc_grpo_advantages``)."""
+    """Subtract from a degenerate group's Q the mean over all actions (ProAct) or the best action's (optimal: 0)."""
     mc_teacher: bool = False
-    """Add the GLAD reply at each picked state to its group (``mc_groups.teacher_replies``), scored by its Q like
-    the sampled ones: where the policy errs it is the group's positive example. Not in ProAct; DAgger-like."""
+    """Add the GLAD reply at each picked state to its group, scored by its Q (``teacher_replies``; not in ProAct,
+    DAgger-like). With ``best`` and ``errors`` on 6x6 Sokoban: 50% -> 29% (benchmarks/RESULTS.md)."""
     mc_pick: Literal["uniform", "errors"] = "uniform"
-    """How ``mc_states`` are picked among the played turns: uniformly, or the turns whose played action is worse
-    than the best by the critic's Q first (``mc_groups.pick_states``; costs a Q table per played turn). These three
-    together on 6x6 Sokoban: 50% -> 29%, one seed of three dropping its chains (benchmarks/RESULTS.md)."""
+    """Pick ``mc_states`` uniformly, or the played turns whose action's Q is below the best first (``pick_states``)."""
+    mc_negatives: bool = True
+    """False: negative advantages become 0, so only replies better than their group's baseline are trained."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -264,6 +260,10 @@ class ProActConfig(PPOConfig):
                 "mc_group_size=1 with mc_fallback=false gives every reply advantage 0; sample more "
                 "replies per state (mc_group_size>=2) or set mc_fallback=true."
             )
+        if self.uses_glad and self.kl_coef > 0:
+            raise ConfigError(f"kl_coef={self.kl_coef} with stages={self.stages!r}: the KL reference would be the "
+                              "model before GLAD (copied when the trainer is built). Run GLAD, then stages=mc_grpo "
+                              "with --set policy.weights=GLAD_RUN_DIR, whose model is then the reference.")
         if self.uses_glad and not self.policy.think:
             raise ConfigError(
                 f"stages={self.stages!r} with policy.think=false: GLAD teaches "
@@ -499,8 +499,9 @@ class ProActTrainer(PPOTrainer):
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
         scores = self._scores
         table = torch.as_tensor(scores.table, dtype=torch.float64) * self.cfg.reward_scale  # returns are scaled too
-        return ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table,
-                                      baseline=self.cfg.mc_fallback_baseline)
+        adv = ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table,
+                                     baseline=self.cfg.mc_fallback_baseline)
+        return adv if self.cfg.mc_negatives else adv.clamp(min=0)
 
     def mc_grpo_update(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """Pick states among the played turns, sample G replies at each, score them by Q_MC, update the policy."""
@@ -537,7 +538,7 @@ class ProActTrainer(PPOTrainer):
         scores = self.score_replies(states, texts)
         if cfg.mc_fallback and cfg.mc_fallback_rewrites:
             texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
-        adv = scores.advantages(baseline=cfg.mc_fallback_baseline)
+        adv = scores.advantages(baseline=cfg.mc_fallback_baseline).clamp(min=-np.inf if cfg.mc_negatives else 0)
         rows = []
         n = 0
         for k, (i, t) in enumerate(picks):

@@ -415,6 +415,22 @@ def test_mc_teacher_joins_each_group_and_reaches_the_loss(tmp_path, tiny_backend
     assert any(adv > 0 for _, adv in seen)
 
 
+def test_without_negatives_only_the_better_replies_are_trained(tmp_path, tiny_backend, monkeypatch):
+    overrides = ["tasks_per_iteration=2", "mc_states=2", "mc_group_size=6", "minibatch_size=12",
+                 "micro_batch_size=12"]
+    with_negatives = _trainer(tmp_path, tiny_backend(seed=2), *overrides, name="all")
+    seen_all = _record_minibatches(with_negatives, monkeypatch)
+    with_negatives.update(with_negatives.collect(0))
+    trainer = _trainer(tmp_path, tiny_backend(seed=2), *overrides, "mc_negatives=false", name="positive")
+    seen = _record_minibatches(trainer, monkeypatch)
+    stats = trainer.update(trainer.collect(0))
+    # The same replies (same seeds): the positive ones keep their advantage, the negative ones are left out.
+    assert any(adv < 0 for _, adv in seen_all) and seen == [(t, a) for t, a in seen_all if a > 0], (seen_all, seen)
+    assert seen and all(text == "blue" for text, _ in seen) and stats["episodes_kept"] == len(seen)
+    rows = [json.loads(line) for line in (tmp_path / "positive" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    assert min(r["turns"][0]["info"]["advantage"] for r in rows) == 0.0
+
+
 def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend):
     with pytest.raises(AgentGymError, match="glad_chain"):
         _trainer(tmp_path, tiny_backend(), "mc_teacher=true")
@@ -423,6 +439,14 @@ def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend)
                  base=SOKOBAN)
     with pytest.raises(ConfigError, match="mc_fallback_baseline"):
         _trainer(tmp_path, tiny_backend(), "mc_fallback_baseline=max")
+
+
+def test_a_kl_penalty_after_glad_in_the_same_run_is_refused(tmp_path, tiny_backend):
+    # The reference is copied when the trainer is built: with GLAD in the run it would be the pre-GLAD model.
+    with pytest.raises(ConfigError, match="kl_coef=0.1 with stages=.glad\\+mc_grpo.*policy.weights=GLAD_RUN_DIR"):
+        load_config(ProActConfig, overrides=[*SOKOBAN, "kl_coef=0.1", "policy.think=true"])
+    trainer = _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "kl_coef=0.1", base=SOKOBAN)
+    assert trainer.reference is not None  # RL alone (e.g. from policy.weights=GLAD_RUN_DIR) keeps its reference
 
 
 # ---------------------------------------------------------------------------------------------------- MC-PPO
