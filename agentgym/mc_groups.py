@@ -233,9 +233,9 @@ def pick_states(critic: MCCritic, base: Any, states: Sequence[Any], played: Sequ
         return sorted(rng.choice(len(states), size=count, replace=False).tolist())
     table = critic.q_table(list(states))
     q = critic.q_values(list(states), list(played))
-    wrong = [i for i in range(len(states)) if q[i] < table[i].max() - 1e-9 or canonical_action(base, played[i]) is None]
-    right = [i for i in range(len(states)) if i not in set(wrong)]
-    order = [*rng.permutation(wrong).tolist(), *rng.permutation(right).tolist()]
+    wrong = {i for i in range(len(states)) if q[i] < table[i].max() - 1e-9 or canonical_action(base, played[i]) is None}
+    right = [i for i in range(len(states)) if i not in wrong]
+    order = [*rng.permutation(sorted(wrong)).tolist(), *rng.permutation(right).tolist()]
     return sorted(int(i) for i in order[:count])
 
 
