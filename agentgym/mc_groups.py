@@ -44,15 +44,14 @@ class GroupScores:
     invalid: np.ndarray
     seconds: float
 
-    def advantages(self, q: torch.Tensor | None = None, baseline: str = "mean") -> torch.Tensor:
-        """MC-GRPO advantages of ``q`` (default: the MC values) in these groups, the fallback's ``baseline`` given."""
+    def advantages(self, q: torch.Tensor | None = None) -> torch.Tensor:
+        """MC-GRPO advantages (``ops.mc_grpo_advantages``) of ``q`` (default: the MC values) in these groups."""
         values = torch.as_tensor(self.q, dtype=torch.float64) if q is None else q
         return ops.mc_grpo_advantages(
             values,
             torch.as_tensor(self.group, dtype=torch.long),
             torch.as_tensor(self.actions, dtype=torch.long),
             torch.as_tensor(self.table, dtype=torch.float64),
-            baseline=baseline,
         )
 
 

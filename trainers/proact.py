@@ -195,8 +195,7 @@ class ProActConfig(PPOConfig):
     mc_fallback_baseline: Literal["mean", "best"] = "mean"
     """Subtract from a degenerate group's Q the mean over all actions (ProAct) or the best action's (optimal: 0)."""
     mc_teacher: bool = False
-    """Add the GLAD reply at each picked state to its group, scored by its Q (``teacher_replies``; not in ProAct,
-    DAgger-like). With ``best`` and ``errors`` on 6x6 Sokoban: 50% -> 29% (benchmarks/RESULTS.md)."""
+    """Add the GLAD reply at each picked state to its group, scored by its Q (``teacher_replies``; DAgger-like)."""
     mc_pick: Literal["uniform", "errors"] = "uniform"
     """Pick ``mc_states`` uniformly, or the played turns whose action's Q is below the best first (``pick_states``)."""
     mc_negatives: bool = True
@@ -497,7 +496,10 @@ class ProActTrainer(PPOTrainer):
         """MC-GRPO advantages of the rows ``mc_grpo_update`` passes to the shared update (their returns are Q_MC)."""
         if self._scores is None:
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
-        scores = self._scores
+        return self._mc_advantages(self._scores, returns, group_ids)
+
+    def _mc_advantages(self, scores: GroupScores, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        """``ops.mc_grpo_advantages`` of scaled returns with ``scores``' tables, this run's baseline and negatives."""
         table = torch.as_tensor(scores.table, dtype=torch.float64) * self.cfg.reward_scale  # returns are scaled too
         adv = ops.mc_grpo_advantages(returns, group_ids, torch.as_tensor(scores.actions, dtype=torch.long), table,
                                      baseline=self.cfg.mc_fallback_baseline)
@@ -507,12 +509,8 @@ class ProActTrainer(PPOTrainer):
         """Pick states among the played turns, sample G replies at each, score them by Q_MC, update the policy."""
         cfg = self.cfg
         policy = self.play_policy()
-        candidates = [
-            (i, t)
-            for i, traj in enumerate(trajectories)
-            for t in range(len(traj.turns))
-            if reply_span(traj, t) is not None
-        ]
+        candidates = [(i, t) for i, traj in enumerate(trajectories) for t in range(len(traj.turns))
+                      if reply_span(traj, t) is not None]
         if not candidates:
             return {"update_skipped_no_signal": 1.0}
         rng = np.random.default_rng([cfg.seed, self.iteration, 2])
@@ -538,7 +536,8 @@ class ProActTrainer(PPOTrainer):
         scores = self.score_replies(states, texts)
         if cfg.mc_fallback and cfg.mc_fallback_rewrites:
             texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
-        adv = scores.advantages(baseline=cfg.mc_fallback_baseline).clamp(min=-np.inf if cfg.mc_negatives else 0)
+        q = torch.as_tensor(scores.q, dtype=torch.float64) * cfg.reward_scale  # as the shared update scales returns
+        adv = self._mc_advantages(scores, q, torch.as_tensor(scores.group, dtype=torch.long))
         rows = []
         n = 0
         for k, (i, t) in enumerate(picks):
