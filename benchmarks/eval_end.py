@@ -3,7 +3,8 @@
 For a run whose process died during the final evaluation (the OOM killer, a full disk): `agentgym train --resume`
 would redo the whole final evaluation (dev and test) and load the optimizer state too. This loads only the
 checkpoint's policy and runs the trainer's own ``evaluate(split, "end")``: the same tasks, seed, policy settings
-and samples file (``samples/eval-{split}-end.jsonl``) as the run's own final evaluation.
+and samples file (``samples/eval-{split}-end.jsonl``) as the run's own final evaluation, which
+``agentgym eval --policy RUN_DIR`` would match only with every setting (seed, env kwargs, turn budget) passed by hand.
 
     .venv/bin/python benchmarks/eval_end.py runs/bench-proact8/sokoban-easy/seed0 --split test
 """
