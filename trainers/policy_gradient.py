@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,8 @@ class PolicyGradientConfig(TrainerConfig):
     adv_threshold: float = 0.0
     """Drop episodes whose |advantage| is below this (they carry no gradient)."""
     kl_coef: float = 0.0
-    """Weight of a KL penalty to the initial (reference) model; 0 keeps no reference copy in memory."""
+    """Weight of a KL penalty to the reference model: the one the iterations start from (after a warm start, the
+    warm-started model, kept in the run's ``reference/``); 0 keeps no reference copy in memory."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator when kl_coef > 0."""
     kl_placement: Literal["loss", "reward"] = "loss"
@@ -113,13 +115,6 @@ class PolicyGradientConfig(TrainerConfig):
             )
         if not (self.warmup_lr > 0 and math.isfinite(self.warmup_lr)):
             raise ConfigError(f"warmup_lr={self.warmup_lr} must be a positive number.")
-        if self.warmup_demos and self.kl_coef > 0:
-            raise ConfigError(
-                f"warmup_demos={self.warmup_demos} with kl_coef={self.kl_coef}: the KL reference would be the model "
-                "before the warm start. Run the warm start as its own run (--trainer sft) and start this one from it "
-                "with --set policy.weights=SFT_RUN_DIR (the reference is then the warm-started model), or set "
-                "kl_coef=0."
-            )
 
     @property
     def clip(self) -> tuple[float, float]:
@@ -150,7 +145,9 @@ class PolicyGradientTrainer:
         self.optimizer = torch.optim.AdamW(
             self.backend.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.reference = self._reference_model() if self.needs_reference() else None
+        # The KL reference is the model the RL iterations start from: the initial one, or after a supervised first
+        # stage (warm start, GLAD) the model at its end, copied when the first iteration begins (``_ensure_reference``).
+        self.reference = self._reference_model() if self.needs_reference() and not self.warmup_steps else None
         self.env_id = make(config.env.id, **config.env.kwargs).spec_id
         if config.env.oracle_starts > 0:
             self.make_training_env()  # an env without an oracle or state copying fails here, not mid-run
@@ -267,6 +264,8 @@ class PolicyGradientTrainer:
                 steps += 1
                 for key in logs:
                     logs[key].append(result[key])
+                if "ref_kl" in result:  # the KL-in-loss term to the reference, where one is kept
+                    logs.setdefault("ref_kl", []).append(result["ref_kl"])
                 if cfg.divergence_stop is not None and result["traj_k1"] > cfg.divergence_stop:
                     stats["divergence_stop"] = 1.0
                     break
@@ -355,6 +354,8 @@ class PolicyGradientTrainer:
             totals["entropy"] += float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)) * share
             totals["approx_kl"] += float(st["approx_kl_k3"]) * share
             totals["traj_k1"] += float(st["traj_k1"]) * share
+            if kl is not None:
+                totals["ref_kl"] = totals.get("ref_kl", 0.0) + float(st["kl_loss"]) * share
         norm = torch.nn.utils.clip_grad_norm_(self.backend.trainable_parameters(), cfg.max_grad_norm)
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -366,11 +367,33 @@ class PolicyGradientTrainer:
     def _reference_model(self) -> Any:
         import copy
 
-        ref = copy.deepcopy(self.backend)
-        for p in ref.model.parameters():
-            p.requires_grad_(False)
-        ref.model.eval()
-        return ref
+        return _frozen(copy.deepcopy(self.backend))
+
+    def _ensure_reference(self, step: int) -> None:
+        """After a supervised first stage, the KL reference is the model at its end (step ``warmup_steps``).
+
+        The first RL step copies the current model and saves it in the run directory (``reference/policy``), so a
+        run resumed later in the RL stage penalises the distance to the same model, not to its latest checkpoint.
+        """
+        if self.reference is not None or not self.needs_reference():
+            return
+        directory = self.run.path / "reference"
+        if (directory / "policy").is_dir():
+            ref = load_checkpoint_backend(self.cfg.policy, directory, self.cfg.env)
+        elif step == self.warmup_steps:
+            ref = self._reference_model()
+            tmp = self.run.path / ".reference.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ref.save(tmp / "policy")
+            tmp.rename(directory)
+        else:
+            raise ConfigError(
+                f"kl_coef={self.cfg.kl_coef}: the KL reference is the model at the end of the "
+                f"{self.stage_name} stage (step {self.warmup_steps}), but this run is resumed at step {step} and "
+                f"its RL steps ran without kl_coef, so that model was not kept ({directory} is missing). Start a new "
+                f"RL run from it with --set policy.weights=RUN_DIR, or resume with kl_coef=0."
+            )
+        self.reference = _frozen(ref)
 
     def _reference_logp(self, sub: TokenBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -533,6 +556,7 @@ class PolicyGradientTrainer:
         """
         if iteration < self.warmup_steps:
             return self.warmup_step(iteration)
+        self._ensure_reference(iteration)
         iteration -= self.warmup_steps
         self.iteration = iteration
         started = time.perf_counter()
@@ -633,3 +657,11 @@ class PolicyGradientTrainer:
         final = {**self.evaluate("dev", "end"), **self.evaluate("test", "end")}
         self.run.log(done, final)
         return final
+
+
+def _frozen(backend: Any) -> Any:
+    """``backend`` in eval mode with no parameter requiring grad (a KL reference)."""
+    for p in backend.model.parameters():
+        p.requires_grad_(False)
+    backend.model.eval()
+    return backend

@@ -371,6 +371,8 @@ class PPOTrainer(PolicyGradientTrainer):
                 loss = loss + pg * share
                 totals["clip_frac"] += float(st["clip_frac"]) * share
                 totals["traj_k1"] += float(st["traj_k1"]) * share
+                if kl is not None:
+                    totals["ref_kl"] = totals.get("ref_kl", 0.0) + float(st["kl_loss"]) * share
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.value_optimizer.zero_grad(set_to_none=True)

@@ -131,7 +131,9 @@ class ProActConfig(PPOConfig):
     agg: Aggregation = "token-mean"
     """Every reply token of the minibatch weighs equally."""
     kl_coef: float = 0.0
-    """No KL penalty and no reference copy (ProAct: kl_ctl 0)."""
+    """No KL penalty and no reference copy (ProAct: kl_ctl 0). When > 0, the reference is the model the RL stage
+    starts from: after GLAD, the GLAD model (kept in the run's ``reference/``). ``kl_placement=loss`` puts the
+    per-token KL in the loss (GRPO's way); the default, ``reward``, subtracts a reply's summed KL from its Q_MC."""
     gamma: float = 0.95
     """MC-PPO's turn discount in the TD advantages (ProAct: 0.95 Sokoban, 0.9 2048)."""
     lam: float = 0.0
@@ -259,10 +261,6 @@ class ProActConfig(PPOConfig):
                 "mc_group_size=1 with mc_fallback=false gives every reply advantage 0; sample more "
                 "replies per state (mc_group_size>=2) or set mc_fallback=true."
             )
-        if self.uses_glad and self.kl_coef > 0:
-            raise ConfigError(f"kl_coef={self.kl_coef} with stages={self.stages!r}: the KL reference would be the "
-                              "model before GLAD (copied when the trainer is built). Run GLAD, then stages=mc_grpo "
-                              "with --set policy.weights=GLAD_RUN_DIR, whose model is then the reference.")
         if self.uses_glad and not self.policy.think:
             raise ConfigError(
                 f"stages={self.stages!r} with policy.think=false: GLAD teaches "

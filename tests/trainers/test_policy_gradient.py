@@ -270,11 +270,60 @@ def test_resume_in_the_middle_of_the_warm_start_continues_exactly(tmp_path, tiny
     assert not (tmp_path / "b" / "loop" / "checkpoints" / "step-000004" / "warmup_optimizer.pt").exists()
 
 
+def _params(backend):
+    return {n: p.detach().clone() for n, p in backend.model.named_parameters()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[n], b[n]) for n in a)
+
+
+KL_RUN = [*WARMUP, "warmup_epochs=1", "warmup_lr=1e-3", "iterations=3", "kl_coef=0.1", "checkpoint_every=1"]
+"""One short warm-start epoch (the policy is still unsure, so the groups disagree), then RL with a KL penalty."""
+
+
+def test_kl_reference_after_a_warm_start_is_the_warm_started_model_and_survives_resume(tmp_path, tiny_backend):
+    trainer = _trainer(GRPOTrainer, tmp_path, tiny_backend(seed=6), *KL_RUN)
+    assert trainer.reference is None  # not the model before the warm start
+    at_end_of_warmup = {}
+
+    def watch(done, _metrics):
+        if done == 1:
+            at_end_of_warmup.update(_params(trainer.backend))
+        if done == 3:
+            raise KeyboardInterrupt  # two RL iterations in: interrupted
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(on_iteration=watch)
+    reference = _params(trainer.reference)
+    assert _same(reference, at_end_of_warmup) and not _same(reference, _params(trainer.backend))
+    assert (tmp_path / "grpo" / "reference" / "policy").is_dir()
+    records = RunDir(tmp_path / "grpo", tensorboard=False).metrics()
+    ref_kl = {r["step"]: r["ref_kl"] for r in records if "ref_kl" in r}
+    assert sorted(ref_kl) == [2, 3] and ref_kl[3] > 0  # logged by every RL update; the first starts at the reference
+    # Resumed from its step-3 checkpoint, the run penalises the distance to the same warm-started model.
+    resumed = _trainer(GRPOTrainer, tmp_path, tiny_backend(seed=1), *KL_RUN)
+    resumed.fit(resume=True)
+    assert _same(_params(resumed.reference), at_end_of_warmup)
+
+
+def test_kl_on_resume_when_the_warm_started_model_was_not_kept_is_refused(tmp_path, tiny_backend):
+    first = _trainer(GRPOTrainer, tmp_path, tiny_backend(seed=6), *KL_RUN[:-2], "kl_coef=0", "checkpoint_every=1")
+
+    def stop(done, _metrics):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_iteration=stop)
+    again = _trainer(GRPOTrainer, tmp_path, tiny_backend(seed=6), *KL_RUN)
+    with pytest.raises(ConfigError, match="kl_coef=0.1.*step 1.*resumed at step 2.*policy.weights=RUN_DIR"):
+        again.fit(resume=True)
+
+
 def test_warm_start_settings_are_checked():
     with pytest.raises(ConfigError, match="warmup_demos=-1"):
         load_config(LoopTrainer.Config, overrides=[*BANDIT, "warmup_demos=-1"])
-    with pytest.raises(ConfigError, match="kl_coef=0.1.*policy.weights=SFT_RUN_DIR"):
-        load_config(GRPOTrainer.Config, overrides=[*BANDIT, "warmup_demos=4", "kl_coef=0.1"])
     from trainers.proact import ProActTrainer
 
     with pytest.raises(ConfigError, match="GLAD"):

@@ -441,12 +441,32 @@ def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend)
         _trainer(tmp_path, tiny_backend(), "mc_fallback_baseline=max")
 
 
-def test_a_kl_penalty_after_glad_in_the_same_run_is_refused(tmp_path, tiny_backend):
-    # The reference is copied when the trainer is built: with GLAD in the run it would be the pre-GLAD model.
-    with pytest.raises(ConfigError, match="kl_coef=0.1 with stages=.glad\\+mc_grpo.*policy.weights=GLAD_RUN_DIR"):
-        load_config(ProActConfig, overrides=[*SOKOBAN, "kl_coef=0.1", "policy.think=true"])
-    trainer = _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "kl_coef=0.1", base=SOKOBAN)
-    assert trainer.reference is not None  # RL alone (e.g. from policy.weights=GLAD_RUN_DIR) keeps its reference
+def test_a_kl_penalty_after_glad_is_to_the_glad_model(tmp_path, tiny_backend):
+    # With GLAD in the run the reference is copied when the RL stage begins (and kept in the run directory for a
+    # resume), not when the trainer is built: the penalty keeps MC-GRPO near the GLAD model.
+    sets = ["env.id=game2048", "env.max_turns=3", "stages=glad+mc_grpo", "policy.think=true",
+            "policy.max_new_tokens=12", "policy.history_turns=0", "glad_tasks=1", "glad_epochs=1", "iterations=2",
+            "tasks_per_iteration=1", "mc_states=2", "mc_group_size=3", "mc_rollouts=4", "mc_horizon=5", "lr=1e-2",
+            "kl_coef=0.1", "kl_placement=loss", "eval_tasks=1", "eval_every=0", "eval_start=false",
+            "checkpoint_every=100", "time_budget_minutes=null"]  # fmt: skip
+    trainer = _trainer(tmp_path, tiny_backend(seed=8), *sets, base=[])
+    assert trainer.reference is None
+    after_glad = {}
+
+    def watch(done, _metrics):
+        if done == 1:
+            after_glad.update({n: p.detach().clone() for n, p in trainer.backend.model.named_parameters()})
+
+    trainer.fit(on_iteration=watch)
+    ref = dict(trainer.reference.model.named_parameters())
+    assert after_glad and all(torch.equal(ref[n], p) for n, p in after_glad.items())
+    moved = [n for n, p in trainer.backend.model.named_parameters() if not torch.equal(p, ref[n])]
+    assert moved  # the RL iterations trained away from it
+    assert (tmp_path / "proact" / "reference" / "policy").is_dir()
+    records = RunDir(tmp_path / "proact", tensorboard=False).metrics()
+    assert [r["step"] for r in records if "ref_kl" in r] == [2, 3]
+    trainer = _trainer(tmp_path / "alone", tiny_backend(), "stages=mc_grpo", "kl_coef=0.1", base=SOKOBAN)
+    assert trainer.reference is not None  # RL alone (e.g. from policy.weights=GLAD_RUN_DIR): the starting model
 
 
 # ---------------------------------------------------------------------------------------------------- MC-PPO
