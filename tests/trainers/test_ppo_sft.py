@@ -112,6 +112,15 @@ def test_ppo_updates_policy_and_value_head_and_checkpoints_them(tmp_path, tiny_b
         assert torch.equal(p, q), name
 
 
+def test_ppo_logs_the_kl_to_its_reference_when_it_is_in_the_loss(tmp_path, tiny_backend):
+    overrides = ["tasks_per_iteration=1", "group_size=4", "minibatch_size=4", "epochs=2", "kl_coef=0.1",
+                 "kl_placement=loss", "lr=1e-2"]  # fmt: skip
+    trainer = _trainer(PPOTrainer, tmp_path, tiny_backend(seed=3), *overrides)
+    stats = trainer.update(trainer.collect(0))
+    # Two steps: the first starts at the reference (KL 0), the second has moved away from it.
+    assert stats["optimizer_steps"] == 2 and stats["ref_kl"] > 0 and "kl_in_reward" not in stats, stats
+
+
 def test_critic_warmup_trains_only_the_value_head(tmp_path, tiny_backend):
     backend = tiny_backend(seed=3)
     before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
