@@ -71,6 +71,7 @@ from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, EnvSection, PolicySection, build_policy, default_env, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.turn_rows import (
+    decision_start,
     one_turn_row,
     play_time_prompt,
     replay_states,
@@ -202,6 +203,9 @@ class ProActConfig(PPOConfig):
     """Pick ``mc_states`` uniformly, or the played turns whose action's Q is below the best first (``pick_states``)."""
     mc_negatives: bool = True
     """False: negative advantages become 0, so only replies better than their group's baseline are trained."""
+    mc_loss_span: Literal["reply", "decision"] = "reply"
+    """Reply tokens in the MC-GRPO loss: all (ProAct), or 'decision': from the chain's last ``Best:`` (else its
+    ``<answer>``) on (``turn_rows.decision_start``), as Q_MC scores the action and not the chain's clauses."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -568,6 +572,7 @@ class ProActTrainer(PPOTrainer):
                         valid=not scores.invalid[n],
                         info=info,
                         choice_sets=sets,
+                        loss_from=decision_start(self.backend.tokenizer, ids) if cfg.mc_loss_span == "decision" else 0,
                     )
                 )
                 n += 1

@@ -54,11 +54,13 @@ def one_turn_row(
     valid: bool = True,
     info: dict[str, Any] | None = None,
     choice_sets: Sequence[Sequence[int] | None] | None = None,
+    loss_from: int = 0,
 ) -> Trajectory:
     """A one-turn trajectory: prompt tokens (masked out) then reply tokens (in the loss), for ``make_batch``.
 
     ``key`` becomes the row's ``task``: the policy-gradient update groups rows by ``(task, seed)``;
-    ``choice_sets`` are the reply tokens' guided-decoding sets (``Generation.choice_sets``).
+    ``choice_sets`` are the reply tokens' guided-decoding sets (``Generation.choice_sets``); the reply's first
+    ``loss_from`` tokens are masked out too (``decision_start``).
     """
     n, r = len(prompt), len(reply)
     observation = source.turns[turn].observation if turn < len(source.turns) else None
@@ -84,12 +86,30 @@ def one_turn_row(
         ],
         episode_return=float(reward),
         token_ids=[*prompt, *reply],
-        loss_mask=[0] * n + [1] * r,
+        loss_mask=[0] * (n + loss_from) + [1] * (r - loss_from),
         logprobs=[0.0] * n + [float(x) for x in logprobs],
         segments=[["user", 0, n, 0], ["assistant", n, n + r, 0]],
         constrained=constrained,
         choice_sets=[[n + j, list(s)] for j, s in enumerate(choice_sets or ()) if s is not None] or None,
     )
+
+
+def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] = ("Best:", "<answer>")) -> int:
+    """Index of the reply token where its decision starts: the chain's last ``Best:`` clause, else its ``<answer>``.
+
+    The largest ``j`` whose decoded ``reply[j:]`` still holds the first marker the reply has (a binary search: the
+    tail only shrinks as ``j`` grows); 0, the whole reply, when it has neither (an unparsed reply is all decision).
+    """
+    ids = list(reply)
+    for marker in markers:
+        if marker not in tokenizer.decode(ids):
+            continue
+        low, high = 0, len(ids) - 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if marker in tokenizer.decode(ids[mid:]) else (low, mid - 1)
+        return low
+    return 0
 
 
 def rewritten_reply_ids(tokenizer: Any, sampled_sets: Sequence[Sequence[int] | None] | None, text: str, name: str,

@@ -17,7 +17,7 @@ from agentgym.mc_groups import contrast_groups, pick_states, rewrite_decision, t
 from agentgym.runs import RunDir  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
-from trainers.turn_rows import play_time_prompt  # noqa: E402
+from trainers.turn_rows import decision_start, play_time_prompt  # noqa: E402
 
 BANDIT = [
     "env.id=bandit",
@@ -429,6 +429,38 @@ def test_without_negatives_only_the_better_replies_are_trained(tmp_path, tiny_ba
     assert seen and all(text == "blue" for text, _ in seen) and stats["episodes_kept"] == len(seen)
     rows = [json.loads(line) for line in (tmp_path / "positive" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
     assert min(r["turns"][0]["info"]["advantage"] for r in rows) == 0.0
+
+
+def test_decision_start_is_the_last_best_clause_else_the_answer(smol_tokenizer):
+    def tail(text):
+        ids = smol_tokenizer.encode(text, add_special_tokens=False)
+        return smol_tokenizer.decode(ids[decision_start(smol_tokenizer, ids):])
+
+    chain = "<think>Box 1 left of you. Up: wall. Best: Up. Down: shortest. Best: Down.</think><answer>Down</answer>"
+    assert tail(chain).strip() == "Best: Down.</think><answer>Down</answer>"
+    assert tail("Left: wall.<answer>Right</answer>") == ".<answer>Right</answer>"  # ".<" is one token
+    assert tail("blue sky, no decision") == "blue sky, no decision"  # neither marker: the whole reply
+
+
+def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path, tiny_backend, monkeypatch):
+    backend = tiny_backend(seed=3)
+    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=best",
+                       "mc_rollout_policy=oracle", "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6",
+                       "tasks_per_iteration=2", "mc_states=2", "mc_group_size=2", "minibatch_size=6",
+                       "micro_batch_size=6", "policy.think=true", "policy.max_new_tokens=8",
+                       "mc_loss_span=decision", base=SOKOBAN)
+    before = [p.detach().clone() for p in backend.model.parameters()]
+    seen = _record_minibatches(trainer, monkeypatch)
+    trainer.update(trainer.collect(0))
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    trained = [(t["action"], t["info"]["advantage"]) for r in rows for t in r["turns"] if t["info"]["advantage"]]
+    teacher = [t["action"] for r in rows for t in r["turns"] if t["info"].get("teacher")]
+    assert teacher and all("Best:" in text and text.startswith("<think>Box") for text in teacher)
+    # A chain trains from its last `Best:` on, a reply without one (the tiny model's) from its guided `<answer>`.
+    expected = [(full[full.rindex("Best:" if "Best:" in full else "<answer>"):], adv) for full, adv in trained]
+    assert sorted((t.strip(), round(a, 4)) for t, a in seen) == sorted((t.strip(), round(a, 4)) for t, a in expected)
+    assert any(text.strip().startswith("Best:") for text, _ in seen)
+    assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
 def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend):
