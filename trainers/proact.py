@@ -540,8 +540,7 @@ class ProActTrainer(PPOTrainer):
             texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
         q = torch.as_tensor(scores.q, dtype=torch.float64) * cfg.reward_scale  # as the shared update scales returns
         adv = self._mc_advantages(scores, q, torch.as_tensor(scores.group, dtype=torch.long))
-        rows = []
-        n = 0
+        rows, n = [], 0
         for k, (i, t) in enumerate(picks):
             for j, (text, action) in enumerate(zip(texts[k], forced[k])):
                 gen = generations[k][j if action is None else 0]
@@ -688,6 +687,7 @@ class ProActTrainer(PPOTrainer):
             mc_critic_estimates=float(self.critic.stats["estimates"] - before["estimates"]),
             critic_only=float(self.iteration < cfg.critic_warmup),
             turns=float(len(rows)),
+            train_tokens=float(batch.tokens),
         )
         stats.update(
             self.run_epochs(
@@ -696,6 +696,4 @@ class ProActTrainer(PPOTrainer):
                 ("loss", "value_loss", "value_clip_frac", "clip_frac"),
             )
         )
-        stats["train_tokens"] = float(batch.tokens)
         return stats
-

@@ -14,6 +14,7 @@ from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
 from agentgym.trajectory import Trajectory, Turn, to_jsonable
 from policies.llm.conversation import Conversation, Segment
+from policies.llm.prompts import ANSWER_OPEN
 
 
 def reply_span(trajectory: Trajectory, turn: int) -> tuple[int, int] | None:
@@ -94,7 +95,7 @@ def one_turn_row(
     )
 
 
-def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] = ("Best:", "<answer>")) -> int:
+def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] = ("Best:", ANSWER_OPEN)) -> int:
     """Index of the reply token where its decision starts: the chain's last ``Best:`` clause, else its ``<answer>``.
 
     The largest ``j`` whose decoded ``reply[j:]`` still holds the first marker the reply has (a binary search: the
