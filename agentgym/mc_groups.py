@@ -267,6 +267,9 @@ def check_mc_grpo_env(cfg: Any, env: Any) -> None:
             raise ConfigError("mc_teacher=true with mc_fallback_rewrites=true: a rewritten group drops the teacher's "
                               "reply; set one of them to false.")
         chain_writer(env)  # raises, naming the function to write, when the env family has none
+    elif cfg.mc_loss_span == "decision+teacher":
+        raise ConfigError("mc_loss_span=decision+teacher trains the teacher's reply whole, which needs "
+                          "mc_teacher=true; set it, or mc_loss_span=decision.")
     if cfg.mc_pick == "errors" and not discrete:
         raise ConfigError(f"mc_pick=errors compares the played action with the best of a Q table, which needs a "
                           f"Discrete action space; {cfg.env.id} has {space}. Set mc_pick=uniform.")

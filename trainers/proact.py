@@ -203,9 +203,9 @@ class ProActConfig(PPOConfig):
     """Pick ``mc_states`` uniformly, or the played turns whose action's Q is below the best first (``pick_states``)."""
     mc_negatives: bool = True
     """False: negative advantages become 0, so only replies better than their group's baseline are trained."""
-    mc_loss_span: Literal["reply", "decision"] = "reply"
-    """Reply tokens in the MC-GRPO loss: all (ProAct), or 'decision': from the chain's last ``Best:`` (else its
-    ``<answer>``) on (``turn_rows.decision_start``), as Q_MC scores the action and not the chain's clauses."""
+    mc_loss_span: Literal["reply", "decision", "decision+teacher"] = "reply"
+    """MC-GRPO loss span: the reply (ProAct); 'decision', from its last ``Best:`` (else ``<answer>``) on, as Q_MC
+    scores the action, not the clauses; 'decision+teacher', that but the teacher's (solver's) reply whole."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -571,7 +571,8 @@ class ProActTrainer(PPOTrainer):
                         valid=not scores.invalid[n],
                         info=info,
                         choice_sets=sets,
-                        loss_from=decision_start(self.backend.tokenizer, ids) if cfg.mc_loss_span == "decision" else 0,
+                        loss_from=decision_start(self.backend.tokenizer, ids) if cfg.mc_loss_span == "decision"
+                        or (cfg.mc_loss_span == "decision+teacher" and action is None) else 0,
                     )
                 )
                 n += 1

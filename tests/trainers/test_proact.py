@@ -442,24 +442,30 @@ def test_decision_start_is_the_last_best_clause_else_the_answer(smol_tokenizer):
     assert tail("blue sky, no decision") == "blue sky, no decision"  # neither marker: the whole reply
 
 
-def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path, tiny_backend, monkeypatch):
+@pytest.mark.parametrize("span", ["decision", "decision+teacher"])
+def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path, tiny_backend, monkeypatch, span):
     backend = tiny_backend(seed=3)
-    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=best",
+    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean",
                        "mc_rollout_policy=oracle", "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6",
                        "tasks_per_iteration=2", "mc_states=2", "mc_group_size=2", "minibatch_size=6",
                        "micro_batch_size=6", "policy.think=true", "policy.max_new_tokens=8",
-                       "mc_loss_span=decision", base=SOKOBAN)
+                       f"mc_loss_span={span}", base=SOKOBAN)
     before = [p.detach().clone() for p in backend.model.parameters()]
     seen = _record_minibatches(trainer, monkeypatch)
     trainer.update(trainer.collect(0))
     rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
-    trained = [(t["action"], t["info"]["advantage"]) for r in rows for t in r["turns"] if t["info"]["advantage"]]
+    trained = [(t["action"], t["info"]["advantage"], bool(t["info"].get("teacher")))
+               for r in rows for t in r["turns"] if t["info"]["advantage"]]
     teacher = [t["action"] for r in rows for t in r["turns"] if t["info"].get("teacher")]
     assert teacher and all("Best:" in text and text.startswith("<think>Box") for text in teacher)
-    # A chain trains from its last `Best:` on, a reply without one (the tiny model's) from its guided `<answer>`.
-    expected = [(full[full.rindex("Best:" if "Best:" in full else "<answer>"):], adv) for full, adv in trained]
+    assert any(is_teacher for *_, is_teacher in trained) and any(not is_teacher for *_, is_teacher in trained)
+    # A chain trains from its last `Best:` on, a reply without one (the tiny model's) from its guided `<answer>`;
+    # with 'decision+teacher' the teacher's chain (the solver's) trains whole.
+    expected = [(full if is_teacher and span == "decision+teacher"
+                 else full[full.rindex("Best:" if "Best:" in full else "<answer>"):], adv)
+                for full, adv, is_teacher in trained]
     assert sorted((t.strip(), round(a, 4)) for t, a in seen) == sorted((t.strip(), round(a, 4)) for t, a in expected)
-    assert any(text.strip().startswith("Best:") for text, _ in seen)
+    assert any(text.strip().startswith("Best:") for text, _ in seen) == (span == "decision")
     assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
@@ -471,6 +477,8 @@ def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend)
                  base=SOKOBAN)
     with pytest.raises(ConfigError, match="mc_fallback_baseline"):
         _trainer(tmp_path, tiny_backend(), "mc_fallback_baseline=max")
+    with pytest.raises(ConfigError, match="mc_loss_span=decision\\+teacher .* needs mc_teacher=true"):
+        _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_loss_span=decision+teacher", base=SOKOBAN)
 
 
 def test_a_kl_penalty_after_glad_is_to_the_glad_model(tmp_path, tiny_backend):
