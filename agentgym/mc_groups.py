@@ -10,6 +10,7 @@ action of the state, against which such a group is scored instead.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +219,33 @@ def teacher_replies(env: Any, states: Sequence[Any], budget: Any) -> list[tuple[
     return out
 
 
+def chain_clauses(reply: str) -> list[str]:
+    """The clauses of a reply's reasoning: its sentences before its last ``Best:`` (else its ``</think>``/answer).
+
+    ``<think>Box 1 left of you. Up: wall. Best: Up.</think>...`` gives ``["Box 1 left of you", "Up: wall"]``.
+    """
+    from policies.llm.prompts import ANSWER_OPEN  # the LLM policy owns the tags (as ``glad.glad_reply``)
+
+    text = reply.replace("<think>", " ")
+    for marker in ("Best:", "</think>", ANSWER_OPEN):
+        if marker in text:
+            text = text[: text.rindex(marker)]
+            break
+    return [c for c in (part.strip().rstrip(".").strip() for part in text.split(". ")) if c]
+
+
+def chain_agreement(reply: str, solver: str) -> float:
+    """How much of ``reply``'s chain the solver's chain (``solver``, a GLAD reply at the same state) confirms.
+
+    The clauses (``chain_clauses``) both chains state word for word, counted as multisets, over the longer chain's
+    clause count: 1 for the solver's own chain, less for each wrong or missing clause and for each extra one (a
+    chain that repeats a clause gains nothing). 0 when neither has a clause.
+    """
+    ours, theirs = Counter(chain_clauses(reply)), Counter(chain_clauses(solver))
+    size = max(sum(ours.values()), sum(theirs.values()))
+    return sum((ours & theirs).values()) / size if size else 0.0
+
+
 def pick_states(critic: MCCritic, base: Any, states: Sequence[Any], played: Sequence[str], count: int,
                 rng: np.random.Generator, *, errors_first: bool) -> list[int]:
     """Indices of ``count`` of ``states`` (sorted): uniformly, or with ``errors_first`` the policy's mistakes first.
@@ -273,3 +301,12 @@ def check_mc_grpo_env(cfg: Any, env: Any) -> None:
     if cfg.mc_pick == "errors" and not discrete:
         raise ConfigError(f"mc_pick=errors compares the played action with the best of a Q table, which needs a "
                           f"Discrete action space; {cfg.env.id} has {space}. Set mc_pick=uniform.")
+    if cfg.mc_chain_reward:
+        if not cfg.mc_chain_reward > 0 or cfg.mc_loss_span != "decision" or cfg.mc_fallback_rewrites:
+            raise ConfigError(
+                f"mc_chain_reward={cfg.mc_chain_reward!r} with mc_loss_span={cfg.mc_loss_span} and "
+                f"mc_fallback_rewrites={str(cfg.mc_fallback_rewrites).lower()}: the chain reward trains each reply's "
+                "chain apart from its decision, so it must be > 0 (0: off) with mc_loss_span=decision and "
+                "mc_fallback_rewrites=false."
+            )
+        chain_writer(env)  # the solver's chain it compares with

@@ -71,6 +71,7 @@ from policies.llm.prompts import guided_choices
 from trainers.common import Aggregation, EnvSection, PolicySection, build_policy, default_env, is_neural, make_batch
 from trainers.ppo import PPOConfig, PPOTrainer, turn_grid, turn_sums
 from trainers.turn_rows import (
+    chain_rows,
     decision_start,
     one_turn_row,
     play_time_prompt,
@@ -206,6 +207,9 @@ class ProActConfig(PPOConfig):
     mc_loss_span: Literal["reply", "decision", "decision+teacher"] = "reply"
     """MC-GRPO loss span: the reply (ProAct); 'decision', from its last ``Best:`` (else ``<answer>``) on, as Q_MC
     scores the action, not the clauses; 'decision+teacher', that but the teacher's (solver's) reply whole."""
+    mc_chain_reward: float = 0.0
+    """> 0 (with mc_loss_span=decision): each reply's chain, before its decision, also trains, with advantage this
+    times its ``chain_agreement`` with the solver's chain at the state minus its group's mean (off: 0)."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""
@@ -498,7 +502,11 @@ class ProActTrainer(PPOTrainer):
         """MC-GRPO advantages of the rows ``mc_grpo_update`` passes to the shared update (their returns are Q_MC)."""
         if self._scores is None:
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
-        return self._mc_advantages(self._scores, returns, group_ids)
+        n = len(self._scores.q)
+        adv = self._mc_advantages(self._scores, returns[:n], group_ids[:n])
+        # Rows after the scored replies are their chains (mc_chain_reward): agreement minus the state's mean.
+        chains = ops.group_normalized(returns[n:] / self.cfg.reward_scale, group_ids[n:], std_normalize=False)
+        return torch.cat([adv, self.cfg.mc_chain_reward * chains.to(adv.dtype)])
 
     def _mc_advantages(self, scores: GroupScores, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         """``ops.mc_grpo_advantages`` of scaled returns with ``scores``' tables, this run's baseline and negatives."""
@@ -529,12 +537,14 @@ class ProActTrainer(PPOTrainer):
         before = dict(self.critic.stats)
         texts = [[g.text for g in group] for group in generations]
         forced: list[list[int | None]] = [[None] * len(group) for group in texts]
-        if cfg.mc_teacher:  # the GLAD reply joins its state's group, tokenized below as a forced action
+        solver: list[tuple[str, int] | None] = [None] * len(states)
+        if cfg.mc_teacher or cfg.mc_chain_reward:  # the solver's (GLAD) reply at each state
             budget = SearchBudget(cfg.glad_search_seconds, cfg.glad_search_nodes)
-            for k, found in enumerate(teacher_replies(self.replay_env(), states, budget)):
-                if found is not None:
-                    texts[k].append(found[0])
-                    forced[k].append(found[1])
+            solver = teacher_replies(self.replay_env(), states, budget)
+        for k, found in enumerate(solver if cfg.mc_teacher else ()):  # joins its group as a forced action
+            if found is not None:
+                texts[k].append(found[0])
+                forced[k].append(found[1])
         scores = self.score_replies(states, texts)
         if cfg.mc_fallback and cfg.mc_fallback_rewrites:
             texts, forced, scores = contrast_groups(scores, self.replay_env().unwrapped, texts)
@@ -576,9 +586,12 @@ class ProActTrainer(PPOTrainer):
                     )
                 )
                 n += 1
+        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver], cfg.mc_chain_reward) \
+            if cfg.mc_chain_reward else []  # trained by self.advantages as these rows' info says
+        sampled = [c.episode_return for c in chains if not c.turns[0].info["teacher"]]
         self._scores = scores
         try:
-            stats = super(PPOTrainer, self).update(rows)  # the shared clipped loss (PolicyGradientTrainer.update)
+            stats = super(PPOTrainer, self).update(rows + chains)  # the shared clipped loss (PolicyGradientTrainer)
         finally:
             self._scores = None
         degenerate = float(scores.degenerate.mean())
@@ -593,16 +606,17 @@ class ProActTrainer(PPOTrainer):
             mc_generate_s=generate_s,
             mc_states=float(len(picks)),
             mc_replies=float(len(rows)),
+            **({"mc_chain_agreement": float(np.mean(sampled))} if sampled else {}),
             **{"mc_teacher_replies" if cfg.mc_teacher else "mc_rewrites": float(sum(a is not None for g in forced
                                                                                    for a in g))},
         )
-        self._write_rows(rows)
+        self._write_rows([*rows[:8], *chains[:8]])
         return stats
 
-    def _write_rows(self, rows: list[Trajectory], limit: int = 8) -> None:
+    def _write_rows(self, rows: list[Trajectory]) -> None:
         """Keep a few scored replies per iteration (``samples/mc_grpo.jsonl``) for inspection."""
         with TrajectoryWriter(self.run.path / "samples" / "mc_grpo.jsonl") as writer:
-            for row in rows[:limit]:
+            for row in rows:
                 row.policy = f"{self.name}@{self.iteration}"
                 writer.write(row)
 

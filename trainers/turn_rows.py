@@ -8,10 +8,15 @@ are the policy's), and ``replay_states`` recovers the env states an episode visi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+import torch
+
+from agentgym import ops
 from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
+from agentgym.mc_groups import chain_agreement
 from agentgym.trajectory import Trajectory, Turn, to_jsonable
 from policies.llm.conversation import Conversation, Segment
 from policies.llm.prompts import ANSWER_OPEN
@@ -111,6 +116,34 @@ def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] 
             low, high = (mid, high) if marker in tokenizer.decode(ids[mid:]) else (low, mid - 1)
         return low
     return 0
+
+
+def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None],
+               weight: float) -> list[Trajectory]:
+    """The chains of MC-GRPO's decision-span rows (``mc_chain_reward``), each scored by the solver's chain.
+
+    ``rows[i]`` (a ``one_turn_row`` trained from its decision on, ``decision_start``) is a reply at state
+    ``groups[i]``; its chain row holds the same tokens with the head before the decision in the loss instead. Its
+    return is the reply's ``mc_groups.chain_agreement`` with ``solver[groups[i]]`` (the solver's reply there), and
+    its advantage ``weight`` times that minus the mean of the state's chain rows. Rows with no head (the whole reply
+    trains) and states with no solver reply get no chain row.
+    """
+    out: list[Trajectory] = []
+    for row, group in zip(rows, groups):
+        _, start, end, _ = row.segments[-1]
+        head = [j for j in range(start, end) if not row.loss_mask[j]]
+        if head and solver[group] is not None:
+            agree = chain_agreement(row.turns[0].action, solver[group])
+            info = {"chain_agreement": agree, "group": int(group), "teacher": bool(row.turns[0].info.get("teacher"))}
+            turn = replace(row.turns[0], reward=agree, info=info)
+            mask = [int(start <= j <= head[-1]) for j in range(len(row.loss_mask))]
+            out.append(replace(row, loss_mask=mask, turns=[turn], episode_return=agree))
+    if out:  # the advantage ProActTrainer.advantages gives them (before any KL-in-reward term), for inspection
+        agree = torch.tensor([r.episode_return for r in out], dtype=torch.float64)
+        ids = torch.tensor([r.turns[0].info["group"] for r in out])
+        for r, a in zip(out, ops.group_normalized(agree, ids, std_normalize=False).tolist()):
+            r.turns[0].info["advantage"] = weight * a
+    return out
 
 
 def rewritten_reply_ids(tokenizer: Any, sampled_sets: Sequence[Sequence[int] | None] | None, text: str, name: str,

@@ -13,7 +13,14 @@ import agentgym  # noqa: E402
 from agentgym.config import ConfigError, load_config  # noqa: E402
 from agentgym.errors import AgentGymError  # noqa: E402
 from agentgym.glad import SearchBudget  # noqa: E402
-from agentgym.mc_groups import contrast_groups, pick_states, rewrite_decision, teacher_replies  # noqa: E402
+from agentgym.mc_groups import (  # noqa: E402
+    chain_agreement,
+    chain_clauses,
+    contrast_groups,
+    pick_states,
+    rewrite_decision,
+    teacher_replies,
+)
 from agentgym.runs import RunDir  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
@@ -469,6 +476,66 @@ def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path,
     assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
+def test_chain_agreement_counts_the_solver_clauses_a_chain_states():
+    solver = ("<think>Box 1 left of you, target 1 up of it. Next: push it Up, standing below of it: 1 down and 1 left "
+              "of you. Up: wall. Down: shortest. Left: 2 more moves. Right: box blocked. Best: Down.</think>"
+              "<answer>Down</answer>")
+    assert chain_clauses(solver) == ["Box 1 left of you, target 1 up of it",
+                                     "Next: push it Up, standing below of it: 1 down and 1 left of you",
+                                     "Up: wall", "Down: shortest", "Left: 2 more moves", "Right: box blocked"]
+    assert chain_agreement(solver, solver) == 1.0
+    wrong = solver.replace("Left: 2 more moves", "Left: shortest").replace("Best: Down", "Best: Left")
+    assert chain_agreement(wrong, solver) == pytest.approx(5 / 6)
+    # A chain that repeats its closing clause (the looping failure) or a clause gains nothing for the repeat.
+    assert chain_agreement(solver.replace("Best: Down.", "Best: Down. Best: Down."), solver) == pytest.approx(6 / 7)
+    assert chain_agreement(solver.replace("Up: wall.", "Up: wall. Up: wall."), solver) == pytest.approx(6 / 7)
+    # No chain (an answer only) or another reply format altogether: nothing confirmed.
+    assert chain_agreement("<answer>Down</answer>", solver) == 0.0
+    assert chain_agreement("blue", solver) == 0.0 and chain_agreement("", "") == 0.0
+
+
+def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_path, tiny_backend, monkeypatch):
+    backend = tiny_backend(seed=3)
+    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
+                       "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
+                       "mc_group_size=2", "minibatch_size=12", "micro_batch_size=12", "policy.think=true",
+                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5", base=SOKOBAN)
+    before = [p.detach().clone() for p in backend.model.parameters()]
+    seen = _record_minibatches(trainer, monkeypatch)
+    stats = trainer.update(trainer.collect(0))
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    replies = [r for r in rows if "chain_agreement" not in r["turns"][0]["info"]]
+    chains = [r for r in rows if "chain_agreement" in r["turns"][0]["info"]]
+    assert len(chains) == len(replies) == 6  # 2 states x (2 sampled + the teacher's), each a chain before its answer
+    teacher = {tuple(r["task"]): r["turns"][0]["action"] for r in replies if r["turns"][0]["info"].get("teacher")}
+    by_group = {}
+    for r in chains:
+        info = r["turns"][0]["info"]
+        by_group.setdefault(info["group"], []).append(info["chain_agreement"])
+        # The chain row and its reply's decision row split the reply's tokens between them, head then tail.
+        reply = next(x for x in replies if x["token_ids"] == r["token_ids"] and x["turns"][0]["action"] ==
+                     r["turns"][0]["action"])
+        start, end = r["segments"][-1][1:3]
+        head, tail = r["loss_mask"][start:end], reply["loss_mask"][start:end]
+        assert sum(r["loss_mask"]) == sum(head) > 0 and all(h + t == 1 for h, t in zip(head, tail))
+        assert head == sorted(head, reverse=True)  # the head comes first
+        assert info["chain_agreement"] == chain_agreement(r["turns"][0]["action"], teacher[tuple(r["task"])])
+        assert info["teacher"] == (r["turns"][0]["action"] == teacher[tuple(r["task"])])
+    for r in chains:  # advantage: 0.5 x (agreement - the state's mean agreement)
+        info = r["turns"][0]["info"]
+        mean = np.mean(by_group[info["group"]])
+        assert info["advantage"] == pytest.approx(0.5 * (info["chain_agreement"] - mean))
+        if info["teacher"]:
+            assert info["chain_agreement"] == 1.0 and info["advantage"] > 0  # the tiny model's chains are other
+    sampled = [r["turns"][0]["info"]["chain_agreement"] for r in chains if not r["turns"][0]["info"]["teacher"]]
+    assert stats["mc_chain_agreement"] == pytest.approx(np.mean(sampled)) and max(sampled) < 1.0
+    # The minibatches train every chain head with its advantage, beside the decision tails with theirs.
+    decoded = {(trainer.backend.tokenizer.decode([t for t, m in zip(r["token_ids"], r["loss_mask"]) if m]).strip(),
+                round(r["turns"][0]["info"]["advantage"], 4)) for r in chains}
+    assert decoded <= {(text.strip(), round(a, 4)) for text, a in seen}
+    assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
+
+
 def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend):
     with pytest.raises(AgentGymError, match="glad_chain"):
         _trainer(tmp_path, tiny_backend(), "mc_teacher=true")
@@ -479,6 +546,13 @@ def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend)
         _trainer(tmp_path, tiny_backend(), "mc_fallback_baseline=max")
     with pytest.raises(ConfigError, match="mc_loss_span=decision\\+teacher .* needs mc_teacher=true"):
         _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_loss_span=decision+teacher", base=SOKOBAN)
+    with pytest.raises(ConfigError, match="mc_chain_reward=0.5 with mc_loss_span=reply .* mc_loss_span=decision"):
+        _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_chain_reward=0.5", base=SOKOBAN)
+    with pytest.raises(ConfigError, match="mc_chain_reward=-1.* must be > 0"):
+        _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_chain_reward=-1", "mc_loss_span=decision",
+                 base=SOKOBAN)
+    with pytest.raises(AgentGymError, match="glad_chain"):
+        _trainer(tmp_path, tiny_backend(), "mc_chain_reward=0.5", "mc_loss_span=decision")  # the bandit has none
 
 
 def test_a_kl_penalty_after_glad_is_to_the_glad_model(tmp_path, tiny_backend):
