@@ -507,7 +507,8 @@ class ProActTrainer(PPOTrainer):
         adv = self._mc_advantages(self._scores, returns[:n], group_ids[:n])
         # Rows after the scored replies are their chains (mc_chain_reward): agreement minus the state's mean.
         chains = ops.group_normalized(returns[n:] / self.cfg.reward_scale, group_ids[n:], std_normalize=False)
-        return torch.cat([adv, self.cfg.mc_chain_reward * chains.to(adv.dtype)])
+        chains = self.cfg.mc_chain_reward * chains.to(adv.dtype)
+        return torch.cat([adv, chains if self.cfg.mc_negatives else chains.clamp(min=0)])
 
     def _mc_advantages(self, scores: GroupScores, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         """``ops.mc_grpo_advantages`` of scaled returns with ``scores``' tables, this run's baseline and negatives."""
@@ -587,8 +588,8 @@ class ProActTrainer(PPOTrainer):
                     )
                 )
                 n += 1
-        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver], cfg.mc_chain_reward) \
-            if cfg.mc_chain_reward else []  # trained by self.advantages as these rows' info says
+        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver], cfg.mc_chain_reward,
+                            negatives=cfg.mc_negatives) if cfg.mc_chain_reward else []  # see self.advantages
         sampled = [c.episode_return for c in chains if not c.turns[0].info["teacher"]]
         self._scores = scores
         try:

@@ -119,14 +119,14 @@ def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] 
 
 
 def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None],
-               weight: float) -> list[Trajectory]:
+               weight: float, *, negatives: bool = True) -> list[Trajectory]:
     """The chains of MC-GRPO's decision-span rows (``mc_chain_reward``), each scored by the solver's chain.
 
     ``rows[i]`` (a ``one_turn_row`` trained from its decision on, ``decision_start``) is a reply at state
     ``groups[i]``; its chain row holds the same tokens with the head before the decision in the loss instead. Its
     return is the reply's ``mc_groups.chain_agreement`` with ``solver[groups[i]]`` (the solver's reply there), and
-    its advantage ``weight`` times that minus the mean of the state's chain rows. Rows with no head (the whole reply
-    trains) and states with no solver reply get no chain row.
+    its advantage ``weight`` times that minus the mean of the state's chain rows (0 where negative, without
+    ``negatives``). Rows with no head (the whole reply trains) and states with no solver reply get no chain row.
     """
     out: list[Trajectory] = []
     for row, group in zip(rows, groups):
@@ -142,7 +142,7 @@ def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequen
         agree = torch.tensor([r.episode_return for r in out], dtype=torch.float64)
         ids = torch.tensor([r.turns[0].info["group"] for r in out])
         for r, a in zip(out, ops.group_normalized(agree, ids, std_normalize=False).tolist()):
-            r.turns[0].info["advantage"] = weight * a
+            r.turns[0].info["advantage"] = weight * a if negatives or a > 0 else 0.0
     return out
 
 

@@ -494,12 +494,15 @@ def test_chain_agreement_counts_the_solver_clauses_a_chain_states():
     assert chain_agreement("blue", solver) == 0.0 and chain_agreement("", "") == 0.0
 
 
-def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_path, tiny_backend, monkeypatch):
+@pytest.mark.parametrize("negatives", [True, False])
+def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_path, tiny_backend, monkeypatch,
+                                                                          negatives):
     backend = tiny_backend(seed=3)
     trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
                        "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
                        "mc_group_size=2", "minibatch_size=12", "micro_batch_size=12", "policy.think=true",
-                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5", base=SOKOBAN)
+                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5",
+                       f"mc_negatives={str(negatives).lower()}", base=SOKOBAN)
     before = [p.detach().clone() for p in backend.model.parameters()]
     seen = _record_minibatches(trainer, monkeypatch)
     stats = trainer.update(trainer.collect(0))
@@ -521,18 +524,19 @@ def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_pat
         assert head == sorted(head, reverse=True)  # the head comes first
         assert info["chain_agreement"] == chain_agreement(r["turns"][0]["action"], teacher[tuple(r["task"])])
         assert info["teacher"] == (r["turns"][0]["action"] == teacher[tuple(r["task"])])
-    for r in chains:  # advantage: 0.5 x (agreement - the state's mean agreement)
+    for r in chains:  # advantage: 0.5 x (agreement - the state's mean agreement), negatives 0 with mc_negatives=false
         info = r["turns"][0]["info"]
-        mean = np.mean(by_group[info["group"]])
-        assert info["advantage"] == pytest.approx(0.5 * (info["chain_agreement"] - mean))
+        expected = 0.5 * (info["chain_agreement"] - np.mean(by_group[info["group"]]))
+        assert info["advantage"] == pytest.approx(expected if negatives else max(expected, 0.0))
         if info["teacher"]:
             assert info["chain_agreement"] == 1.0 and info["advantage"] > 0  # the tiny model's chains are other
     sampled = [r["turns"][0]["info"]["chain_agreement"] for r in chains if not r["turns"][0]["info"]["teacher"]]
     assert stats["mc_chain_agreement"] == pytest.approx(np.mean(sampled)) and max(sampled) < 1.0
     # The minibatches train every chain head with its advantage, beside the decision tails with theirs.
     decoded = {(trainer.backend.tokenizer.decode([t for t, m in zip(r["token_ids"], r["loss_mask"]) if m]).strip(),
-                round(r["turns"][0]["info"]["advantage"], 4)) for r in chains}
-    assert decoded <= {(text.strip(), round(a, 4)) for text, a in seen}
+                round(r["turns"][0]["info"]["advantage"], 4)) for r in chains if r["turns"][0]["info"]["advantage"]}
+    assert decoded and decoded <= {(text.strip(), round(a, 4)) for text, a in seen}
+    assert any(a < 0 for _, a in decoded) == negatives
     assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
