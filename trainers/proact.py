@@ -503,12 +503,15 @@ class ProActTrainer(PPOTrainer):
         """MC-GRPO advantages of the rows ``mc_grpo_update`` passes to the shared update (their returns are Q_MC)."""
         if self._scores is None:
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
-        n = len(self._scores.q)
+        n = len(self._scores.q)  # the rows after the scored replies are their chains (mc_chain_reward)
         adv = self._mc_advantages(self._scores, returns[:n], group_ids[:n])
-        # Rows after the scored replies are their chains (mc_chain_reward): agreement minus the state's mean.
-        chains = ops.group_normalized(returns[n:] / self.cfg.reward_scale, group_ids[n:], std_normalize=False)
-        chains = self.cfg.mc_chain_reward * chains.to(adv.dtype)
-        return torch.cat([adv, chains if self.cfg.mc_negatives else chains.clamp(min=0)])
+        chains = self._chain_advantages(returns[n:] / self.cfg.reward_scale, group_ids[n:])
+        return torch.cat([adv, chains.to(adv.dtype)])
+
+    def _chain_advantages(self, agreement: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+        """``mc_chain_reward`` times each chain row's agreement minus its state's mean (``mc_negatives`` applies)."""
+        adv = self.cfg.mc_chain_reward * ops.group_normalized(agreement, group_ids, std_normalize=False)
+        return adv if self.cfg.mc_negatives else adv.clamp(min=0)
 
     def _mc_advantages(self, scores: GroupScores, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
         """``ops.mc_grpo_advantages`` of scaled returns with ``scores``' tables, this run's baseline and negatives."""
@@ -588,8 +591,11 @@ class ProActTrainer(PPOTrainer):
                     )
                 )
                 n += 1
-        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver], cfg.mc_chain_reward,
-                            negatives=cfg.mc_negatives) if cfg.mc_chain_reward else []  # see self.advantages
+        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver]) if cfg.mc_chain_reward else []
+        chain_adv = self._chain_advantages(torch.tensor([c.episode_return for c in chains], dtype=torch.float64),
+                                           torch.tensor([c.turns[0].info["group"] for c in chains], dtype=torch.long))
+        for c, a in zip(chains, chain_adv.tolist()):
+            c.turns[0].info["advantage"] = a  # as self.advantages gives it (before any KL-in-reward term)
         sampled = [c.episode_return for c in chains if not c.turns[0].info["teacher"]]
         self._scores = scores
         try:

@@ -11,9 +11,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
-
-from agentgym import ops
 from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
 from agentgym.mc_groups import chain_agreement
@@ -118,15 +115,13 @@ def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] 
     return 0
 
 
-def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None],
-               weight: float, *, negatives: bool = True) -> list[Trajectory]:
+def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None]) -> list[Trajectory]:
     """The chains of MC-GRPO's decision-span rows (``mc_chain_reward``), each scored by the solver's chain.
 
     ``rows[i]`` (a ``one_turn_row`` trained from its decision on, ``decision_start``) is a reply at state
     ``groups[i]``; its chain row holds the same tokens with the head before the decision in the loss instead. Its
-    return is the reply's ``mc_groups.chain_agreement`` with ``solver[groups[i]]`` (the solver's reply there), and
-    its advantage ``weight`` times that minus the mean of the state's chain rows (0 where negative, without
-    ``negatives``). Rows with no head (the whole reply trains) and states with no solver reply get no chain row.
+    return is the reply's ``mc_groups.chain_agreement`` with ``solver[groups[i]]`` (the solver's reply there).
+    Rows with no head (the whole reply trains) and states with no solver reply get no chain row.
     """
     out: list[Trajectory] = []
     for row, group in zip(rows, groups):
@@ -138,11 +133,6 @@ def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequen
             turn = replace(row.turns[0], reward=agree, info=info)
             mask = [int(start <= j <= head[-1]) for j in range(len(row.loss_mask))]
             out.append(replace(row, loss_mask=mask, turns=[turn], episode_return=agree))
-    if out:  # the advantage ProActTrainer.advantages gives them (before any KL-in-reward term), for inspection
-        agree = torch.tensor([r.episode_return for r in out], dtype=torch.float64)
-        ids = torch.tensor([r.turns[0].info["group"] for r in out])
-        for r, a in zip(out, ops.group_normalized(agree, ids, std_normalize=False).tolist()):
-            r.turns[0].info["advantage"] = weight * a if negatives or a > 0 else 0.0
     return out
 
 
