@@ -112,6 +112,32 @@ def snapshot(env: Any) -> Any:
         raise _no_state_error(base, "get_state") from exc
 
 
+def missing_state_methods(env: Any, *, seed: int = 0) -> list[str]:
+    """The state-copy methods ``env`` lacks or raises ``NotImplementedError`` from ([] when it can copy its state).
+
+    ``get_state``, ``set_state`` and ``state_key`` are looked up, then called once the env is reset with ``seed``.
+    """
+    base = env.unwrapped
+    missing = [name for name in _STATE_METHODS if not callable(getattr(base, name, None))]
+    if missing:
+        return missing
+    env.reset(seed=seed)
+    try:
+        state = base.get_state()
+    except NotImplementedError:
+        missing.append("get_state")
+    else:
+        try:
+            base.set_state(state)
+        except NotImplementedError:
+            missing.append("set_state")
+    try:
+        base.state_key()
+    except NotImplementedError:
+        missing.append("state_key")
+    return missing
+
+
 def _require_state_methods(base: Any) -> None:
     missing = [name for name in _STATE_METHODS if not callable(getattr(base, name, None))]
     if missing:

@@ -55,7 +55,7 @@ from agentgym import ops
 from agentgym.config import ConfigError
 from agentgym.errors import AgentGymError
 from agentgym.glad import GladConfig, SearchBudget, build_dataset, chain_writer
-from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig
+from agentgym.mc_critic import EnvFactory, MCCritic, MCCriticConfig, missing_state_methods
 from agentgym.mc_groups import (
     GroupScores,
     check_mc_grpo_env,
@@ -83,7 +83,6 @@ from trainers.turn_rows import (
 )
 
 Stages = Literal["glad+mc_grpo", "glad", "mc_grpo", "mc_ppo", "glad+mc_ppo"]
-_STATE_METHODS = ("get_state", "set_state", "state_key")
 
 
 @dataclass(frozen=True)
@@ -330,22 +329,7 @@ class ProActTrainer(PPOTrainer):
                 chain_writer(env)  # raises naming the module and function to write
             if cfg.rl_stage is None:
                 return
-            missing = [name for name in _STATE_METHODS if not callable(getattr(base, name, None))]
-            if not missing:  # present, but an env may still raise NotImplementedError from them
-                env.reset(seed=cfg.seed)
-                try:
-                    state = base.get_state()
-                except NotImplementedError:
-                    missing.append("get_state")
-                else:
-                    try:
-                        base.set_state(state)
-                    except NotImplementedError:
-                        missing.append("set_state")
-                try:
-                    base.state_key()
-                except NotImplementedError:
-                    missing.append("state_key")
+            missing = missing_state_methods(env, seed=cfg.seed)
             if missing:
                 raise AgentGymError(
                     f"ProAct's {cfg.rl_stage} stage needs {type(base).__name__} ({cfg.env.id}) to copy its state for "
