@@ -321,7 +321,7 @@ def cmd_glad(args: argparse.Namespace) -> int:
     """Write GLAD demonstrations (oracle play with compressed search chains) as a trajectories JSONL."""
     from agentgym.glad import GladConfig, build_dataset
     from agentgym.training import resolve_config
-    from trainers.proact import ProActConfig
+    from trainers.proact_config import ProActConfig
 
     # The env as `agentgym train --env ENV --trainer proact` builds it (Sokoban's preset and Around-you line, 2048's
     # moves line), so the data read here is the data a ProAct run trains on; --env-kwargs add to that.
