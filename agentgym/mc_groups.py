@@ -219,19 +219,51 @@ def teacher_replies(env: Any, states: Sequence[Any], budget: Any) -> list[tuple[
     return out
 
 
-def chain_clauses(reply: str) -> list[str]:
-    """The clauses of a reply's reasoning: its sentences before its last ``Best:`` (else its ``</think>``/answer).
+def clause_spans(reply: str) -> list[tuple[str, int, int]]:
+    """The clauses of a reply's reasoning, each as ``(clause, start, end)`` with ``reply[start:end] == clause``.
 
-    ``<think>Box 1 left of you. Up: wall. Best: Up.</think>...`` gives ``["Box 1 left of you", "Up: wall"]``.
+    The clauses are its sentences before its last ``Best:`` (else its ``</think>``/answer), without full stops.
+
+    ``<think>Box 1 left of you. Up: wall. Best: Up.</think>...`` gives ``("Box 1 left of you", 7, 24)`` and
+    ``("Up: wall", 26, 34)``.
     """
     from policies.llm.prompts import ANSWER_OPEN  # the LLM policy owns the tags (as ``glad.glad_reply``)
 
-    text = reply.replace("<think>", " ")
+    text = reply.replace("<think>", " " * len("<think>"))  # offsets stay those of ``reply``
     for marker in ("Best:", "</think>", ANSWER_OPEN):
         if marker in text:
             text = text[: text.rindex(marker)]
             break
-    return [c for c in (part.strip().rstrip(".").strip() for part in text.split(". ")) if c]
+    out, offset = [], 0
+    for part in text.split(". "):
+        clause = part.strip().rstrip(".").strip()
+        if clause:
+            start = offset + part.index(clause)
+            out.append((clause, start, start + len(clause)))
+        offset += len(part) + 2
+    return out
+
+
+def chain_clauses(reply: str) -> list[str]:
+    """The clauses of a reply's reasoning (``clause_spans`` without the spans).
+
+    ``<think>Box 1 left of you. Up: wall. Best: Up.</think>...`` gives ``["Box 1 left of you", "Up: wall"]``.
+    """
+    return [clause for clause, _, _ in clause_spans(reply)]
+
+
+def clause_verdicts(reply: str, solver: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, right)`` for each clause of ``reply`` (``clause_spans``), judged by the solver's chain.
+
+    A clause is right when the solver's chain at the same state (``solver``) states it word for word, each solver
+    clause confirming one occurrence, in order: a repeated clause is right once, as ``chain_agreement`` counts it.
+    """
+    left = Counter(chain_clauses(solver))
+    out = []
+    for clause, start, end in clause_spans(reply):
+        out.append((start, end, left[clause] > 0))
+        left[clause] -= 1
+    return out
 
 
 def chain_agreement(reply: str, solver: str) -> float:
@@ -310,3 +342,7 @@ def check_mc_grpo_env(cfg: Any, env: Any) -> None:
                 "mc_fallback_rewrites=false."
             )
         chain_writer(env)  # the solver's chain it compares with
+    elif cfg.mc_chain_credit != "chain":
+        raise ConfigError(f"mc_chain_credit={cfg.mc_chain_credit} splits the chain reward by clause, which is off "
+                          "(mc_chain_reward=0); set mc_chain_reward=2.0 (with mc_loss_span=decision), or "
+                          "mc_chain_credit=chain.")

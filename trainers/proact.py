@@ -20,7 +20,8 @@
    ``use_abs_adv_only_for_group_with_same_reward``). With ``mc_fallback_rewrites`` a degenerate group instead
    becomes one reply per action: the first sampled reply and its rewrites to every other action (closing clause and
    answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). Not in ProAct: ``mc_fallback_baseline``,
-   ``mc_teacher``, ``mc_pick``, ``mc_negatives``, ``mc_loss_span``, ``mc_chain_reward``. The update is the shared
+   ``mc_teacher``, ``mc_pick``, ``mc_negatives``, ``mc_loss_span``, ``mc_chain_reward``,
+   ``mc_chain_credit``. The update is the shared
    clipped loss of ``PolicyGradientTrainer.update`` on one turn.
 3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
    turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
@@ -74,6 +75,7 @@ from trainers.ppo import PPOTrainer, turn_grid, turn_sums
 from trainers.proact_config import ProActConfig
 from trainers.turn_rows import (
     chain_rows,
+    clause_rows,
     decision_start,
     one_turn_row,
     play_time_prompt,
@@ -102,6 +104,7 @@ class ProActTrainer(PPOTrainer):
         self._critic: MCCritic | None = None
         self._replay_env: Any = None
         self._scores: GroupScores | None = None
+        self._clauses: torch.Tensor | None = None  # clauses per chain row while an update runs (clause credit)
 
     # ------------------------------------------------------------------ checks and helpers
     @staticmethod
@@ -274,12 +277,26 @@ class ProActTrainer(PPOTrainer):
             raise AgentGymError("ProActTrainer.advantages scores MC-GRPO rows only; call update() with episodes.")
         n = len(self._scores.q)  # the rows after the scored replies are their chains (mc_chain_reward)
         adv = self._mc_advantages(self._scores, returns[:n], group_ids[:n])
-        chains = self._chain_advantages(returns[n:] / self.cfg.reward_scale, group_ids[n:])
+        chains = self._chain_advantages(returns[n:] / self.cfg.reward_scale, group_ids[n:], self._clauses)
         return torch.cat([adv, chains.to(adv.dtype)])
 
-    def _chain_advantages(self, agreement: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-        """``mc_chain_reward`` times each chain row's agreement minus its state's mean (``mc_negatives`` applies)."""
-        adv = self.cfg.mc_chain_reward * ops.group_normalized(agreement, group_ids, std_normalize=False)
+    def _chain_advantages(self, score: torch.Tensor, group_ids: torch.Tensor,
+                          clauses: torch.Tensor | None = None) -> torch.Tensor:
+        """``mc_chain_reward`` times each chain row's score minus its state's mean (``mc_negatives`` applies).
+
+        Whole chains (``clauses`` None): the score is the chain's agreement and the mean is over the state's chains.
+        Per clause (``clauses``: how many clauses each row covers): the score is 1 for right clauses and 0 for wrong
+        ones, and the mean is the share of right clauses over all of the state's chains.
+        """
+        if clauses is None:
+            centred = ops.group_normalized(score, group_ids, std_normalize=False)
+        else:
+            size = int(group_ids.max()) + 1 if len(group_ids) else 0
+            weight = clauses.to(score.dtype)
+            right = torch.zeros(size, dtype=score.dtype).index_add_(0, group_ids, score * weight)
+            total = torch.zeros(size, dtype=score.dtype).index_add_(0, group_ids, weight)
+            centred = score - (right / total.clamp(min=1))[group_ids]
+        adv = self.cfg.mc_chain_reward * centred
         return adv if self.cfg.mc_negatives else adv.clamp(min=0)
 
     def _mc_advantages(self, scores: GroupScores, returns: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -360,17 +377,27 @@ class ProActTrainer(PPOTrainer):
                     )
                 )
                 n += 1
-        chains = chain_rows(rows, scores.group, [f and f[0] for f in solver]) if cfg.mc_chain_reward else []
+        chains, self._clauses = [], None
+        if cfg.mc_chain_reward:
+            answers = [f and f[0] for f in solver]
+            if cfg.mc_chain_credit == "clause":
+                chains = clause_rows(rows, scores.group, answers, self.backend.tokenizer)
+                self._clauses = torch.tensor([c.turns[0].info["clauses"] for c in chains], dtype=torch.long)
+            else:
+                chains = chain_rows(rows, scores.group, answers)
         chain_adv = self._chain_advantages(torch.tensor([c.episode_return for c in chains], dtype=torch.float64),
-                                           torch.tensor([c.turns[0].info["group"] for c in chains], dtype=torch.long))
+                                           torch.tensor([c.turns[0].info["group"] for c in chains], dtype=torch.long),
+                                           self._clauses)
         for c, a in zip(chains, chain_adv.tolist()):
             c.turns[0].info["advantage"] = a  # as self.advantages gives it (before any KL-in-reward term)
-        sampled = [c.episode_return for c in chains if not c.turns[0].info["teacher"]]
+        sampled = {c.turns[0].info.get("reply", k): c.turns[0].info["chain_agreement"] for k, c in enumerate(chains)
+                   if not c.turns[0].info["teacher"]}  # one per reply (clause credit has up to two rows each)
+        sampled = list(sampled.values())
         self._scores = scores
         try:
             stats = super(PPOTrainer, self).update(rows + chains)  # the shared clipped loss (PolicyGradientTrainer)
         finally:
-            self._scores = None
+            self._scores, self._clauses = None, None
         degenerate = float(scores.degenerate.mean())
         stats.update(
             mc_q_mean=float(scores.q.mean()),

@@ -141,6 +141,11 @@ class ProActConfig(PPOConfig):
     mc_chain_reward: float = 0.0
     """> 0 (with mc_loss_span=decision): each reply's chain, before its decision, also trains, with advantage this
     times its ``chain_agreement`` with the solver's chain at the state minus its group's mean (off: 0)."""
+    mc_chain_credit: Literal["chain", "clause"] = "chain"
+    """How ``mc_chain_reward`` credits a chain: 'chain', one advantage for the whole chain (its agreement minus the
+    state's mean); 'clause', each clause's tokens by the solver's verdict on that clause: W x (1 - p) for a clause
+    the solver's chain states, W x (0 - p) for one it does not, p the share of right clauses at the state
+    (``turn_rows.clause_rows``)."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from agentgym.env import observation_text
 from agentgym.errors import AgentGymError
-from agentgym.mc_groups import chain_agreement
+from agentgym.mc_groups import chain_agreement, clause_verdicts
 from agentgym.trajectory import Trajectory, Turn, to_jsonable
 from policies.llm.conversation import Conversation, Segment
 from policies.llm.prompts import ANSWER_OPEN
@@ -133,6 +133,51 @@ def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequen
             turn = replace(row.turns[0], reward=agree, info=info)
             mask = [int(start <= j <= head[-1]) for j in range(len(row.loss_mask))]
             out.append(replace(row, loss_mask=mask, turns=[turn], episode_return=agree))
+    return out
+
+
+def clause_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None],
+                tokenizer: Any) -> list[Trajectory]:
+    """Per-clause credit for MC-GRPO's decision-span rows (``mc_chain_credit=clause``): up to two rows per reply.
+
+    As ``chain_rows``, but the head before the decision is split by the solver's verdict on each clause
+    (``mc_groups.clause_verdicts`` against ``solver[groups[i]]``): one row has the tokens of the clauses the solver's
+    chain confirms in its loss (return 1), the other those of the clauses it does not (return 0). A token is a
+    clause's when its text, leading spaces aside, lies inside the clause (separators, full stops and tags are in
+    neither row). Each row's info holds ``clauses``, how many clauses it covers, ``reply``, the index of its
+    reply in ``rows``, and the reply's ``chain_agreement``. A reply whose tokens do not decode to the start of its
+    text gets no rows.
+    """
+    out: list[Trajectory] = []
+    for index, (row, group) in enumerate(zip(rows, groups)):
+        _, start, end, _ = row.segments[-1]
+        head = [j for j in range(start, end) if not row.loss_mask[j]]
+        if not head or solver[group] is None:
+            continue
+        ids = row.token_ids[start : head[-1] + 1]
+        reply = row.turns[0].action
+        ends = [len(tokenizer.decode(ids[: k + 1])) for k in range(len(ids))]  # each token's text ends there
+        if not reply.startswith(tokenizer.decode(ids)):  # the spans are offsets into the reply's text
+            continue
+        pieces = []  # each token's text span, leading spaces left out (" wall" is the clause's "wall")
+        for k, stop in enumerate(ends):
+            piece = reply[(ends[k - 1] if k else 0) : stop]
+            pieces.append((stop - len(piece.lstrip() or piece), stop))
+        verdicts = clause_verdicts(reply, solver[group])
+        agree = chain_agreement(reply, solver[group])
+        for right in (True, False):
+            spans = [(a, b) for a, b, ok in verdicts if ok is right]
+            covered = [start + k for k, (a0, b0) in enumerate(pieces)
+                       if any(a <= a0 and b0 <= b for a, b in spans)]
+            if not covered:
+                continue
+            info = {"chain_agreement": agree, "clauses": len(spans), "group": int(group), "reply": index,
+                    "right": right, "teacher": bool(row.turns[0].info.get("teacher"))}
+            mask = [0] * len(row.loss_mask)
+            for j in covered:
+                mask[j] = 1
+            turn = replace(row.turns[0], reward=float(right), info=info)
+            out.append(replace(row, loss_mask=mask, turns=[turn], episode_return=float(right)))
     return out
 
 

@@ -16,15 +16,18 @@ from agentgym.glad import SearchBudget  # noqa: E402
 from agentgym.mc_groups import (  # noqa: E402
     chain_agreement,
     chain_clauses,
+    clause_spans,
+    clause_verdicts,
     contrast_groups,
     pick_states,
     rewrite_decision,
     teacher_replies,
 )
 from agentgym.runs import RunDir  # noqa: E402
+from agentgym.trajectory import Trajectory, Turn  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
-from trainers.turn_rows import decision_start, play_time_prompt  # noqa: E402
+from trainers.turn_rows import clause_rows, decision_start, one_turn_row, play_time_prompt  # noqa: E402
 
 BANDIT = [
     "env.id=bandit",
@@ -494,6 +497,72 @@ def test_chain_agreement_counts_the_solver_clauses_a_chain_states():
     assert chain_agreement("blue", solver) == 0.0 and chain_agreement("", "") == 0.0
 
 
+def test_clause_rows_split_a_chain_by_the_solver_verdict_on_each_clause(smol_tokenizer):
+    solver = ("<think>Box 1 left of you. Up: wall. Down: shortest. Left: 2 more moves. Best: Down.</think>"
+              "<answer>Down</answer>")
+    reply = ("<think>Box 1 left of you. Up: shortest. Down: shortest. Down: shortest. Left: 2 more moves. Best: Up."
+             "</think><answer>Up</answer>")
+    assert [(c, reply[a:b]) for c, a, b in clause_spans(reply)][:2] == [("Box 1 left of you", "Box 1 left of you"),
+                                                                       ("Up: shortest", "Up: shortest")]
+    # Wrong: "Up: shortest" (the solver says wall) and the repeat of "Down: shortest" (confirmed once).
+    assert [ok for _, _, ok in clause_verdicts(reply, solver)] == [True, False, True, False, True]
+    ids = smol_tokenizer.encode(reply, add_special_tokens=False)
+    prompt = smol_tokenizer.encode("Where is the box?", add_special_tokens=False)
+    source = Trajectory(env_id="e", task=1, seed=0, group=0, split="train", turns=[Turn(None, reply, 0.0, True, {})])
+    row = one_turn_row(source, 0, prompt, ids, [0.0] * len(ids), text=reply, reward=0.0, key=[1, 0, 0],
+                       constrained=False, loss_from=decision_start(smol_tokenizer, ids))
+    right, wrong = clause_rows([row], [0], [solver], smol_tokenizer)
+
+    def trained(r):
+        return smol_tokenizer.decode([t for t, m in zip(r.token_ids, r.loss_mask) if m])
+
+    # Each row trains exactly its clauses' words: no tag, full stop or decision token, and no token twice.
+    assert trained(right).split() == "Box 1 left of you Down: shortest Left: 2 more moves".split()
+    assert trained(wrong).split() == "Up: shortest Down: shortest".split()
+    assert not any(a and b for a, b in zip(right.loss_mask, wrong.loss_mask))
+    assert not any(m for m in right.loss_mask[: len(prompt)])
+    assert (right.episode_return, wrong.episode_return) == (1.0, 0.0)
+    info = right.turns[0].info
+    assert (info["clauses"], wrong.turns[0].info["clauses"], info["reply"]) == (3, 2, 0)
+    assert info["chain_agreement"] == chain_agreement(reply, solver) == pytest.approx(3 / 5)
+    # The solver's own chain has no wrong row; a state without a solver chain, no rows.
+    ids = smol_tokenizer.encode(solver, add_special_tokens=False)
+    teacher = one_turn_row(source, 0, prompt, ids, [0.0] * len(ids), text=solver, reward=0.0, key=[1, 0, 0],
+                           constrained=False, loss_from=decision_start(smol_tokenizer, ids))
+    assert [r.episode_return for r in clause_rows([teacher, row], [0, 1], [solver, None], smol_tokenizer)] == [1.0]
+
+
+@pytest.mark.parametrize("negatives", [True, False])
+def test_clause_credit_trains_right_and_wrong_clauses_against_the_share_right(tmp_path, tiny_backend, monkeypatch,
+                                                                             negatives):
+    backend = tiny_backend(seed=3)
+    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
+                       "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
+                       "mc_group_size=2", "minibatch_size=16", "micro_batch_size=16", "policy.think=true",
+                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5",
+                       "mc_chain_credit=clause", f"mc_negatives={str(negatives).lower()}", base=SOKOBAN)
+    before = [p.detach().clone() for p in backend.model.parameters()]
+    seen = _record_minibatches(trainer, monkeypatch)
+    stats = trainer.update(trainer.collect(0))
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    chains = [r["turns"][0]["info"] for r in rows if "clauses" in r["turns"][0]["info"]]
+    assert {c["right"] for c in chains} == {True, False}  # the teacher's clauses are right, the tiny model's not
+    groups = {}
+    for c in chains:
+        right, total = groups.get(c["group"], (0, 0))
+        groups[c["group"]] = (right + c["clauses"] * c["right"], total + c["clauses"])
+    for c in chains:  # 0.5 x (1 or 0 - the state's share of right clauses), negatives 0 with mc_negatives=false
+        right, total = groups[c["group"]]
+        expected = 0.5 * (c["right"] - right / total)
+        assert c["advantage"] == pytest.approx(expected if negatives else max(expected, 0.0))
+        assert c["teacher"] or not c["right"] or c["chain_agreement"] > 0
+    sampled = {(c["group"], c["reply"]): c["chain_agreement"] for c in chains if not c["teacher"]}
+    assert stats["mc_chain_agreement"] == pytest.approx(np.mean(list(sampled.values())))
+    trained = [a for _, a in seen]
+    assert any(a > 0 for a in trained) and any(a < 0 for a in trained) == negatives
+    assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
+
+
 @pytest.mark.parametrize("negatives", [True, False])
 def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_path, tiny_backend, monkeypatch,
                                                                           negatives):
@@ -557,6 +626,8 @@ def test_mc_teacher_needs_a_chain_writer_and_no_rewrites(tmp_path, tiny_backend)
                  base=SOKOBAN)
     with pytest.raises(AgentGymError, match="glad_chain"):
         _trainer(tmp_path, tiny_backend(), "mc_chain_reward=0.5", "mc_loss_span=decision")  # the bandit has none
+    with pytest.raises(ConfigError, match="mc_chain_credit=clause .* off \\(mc_chain_reward=0\\)"):
+        _trainer(tmp_path, tiny_backend(), "stages=mc_grpo", "mc_chain_credit=clause", base=SOKOBAN)
 
 
 def test_a_kl_penalty_after_glad_is_to_the_glad_model(tmp_path, tiny_backend):
