@@ -560,6 +560,7 @@ def test_clause_credit_trains_right_and_wrong_clauses_against_the_share_right(tm
     assert stats["mc_chain_agreement"] == pytest.approx(np.mean(list(sampled.values())))
     trained = [a for _, a in seen]
     assert any(a > 0 for a in trained) and any(a < 0 for a in trained) == negatives
+    assert {round(c["advantage"], 4) for c in chains if c["advantage"]} <= {round(a, 4) for a in trained}
     assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
