@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,22 @@ import yaml
 
 from agentgym.config import load_config
 from agentgym.errors import AgentGymError
+
+
+def _save_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions of a failed checkpoint write.
+
+    ``OSError``, and on a full disk also torch.save's ``RuntimeError`` (its stream writer fails) and safetensors'
+    ``SafetensorError`` (the policy weights).
+    """
+    errors: list[type[BaseException]] = [OSError, RuntimeError]
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # safetensors comes with transformers (the llm extra)
+        pass
+    else:
+        errors.append(SafetensorError)
+    return tuple(errors)
 
 
 class RunDir:
@@ -102,9 +119,12 @@ class RunDir:
             latest_tmp = root / ".latest.tmp"
             latest_tmp.write_text(final.name)
             os.replace(latest_tmp, root / "latest")
-        except OSError as exc:
+        except _save_errors() as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             self.log(step, {"checkpoint_skipped": 1.0, "checkpoint_error": f"{type(exc).__name__}: {exc}"})
+            warnings.warn(f"checkpoint step {step} was not saved ({type(exc).__name__}: {exc}); the previous one "
+                          "stays the latest and training goes on. Free disk space so later ones are saved.",
+                          stacklevel=2)
             return None
         for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

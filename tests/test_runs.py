@@ -27,12 +27,38 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_is_logged(tmp_path):
         (directory / "weights.bin").write_text("partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    assert run.save_checkpoint(2, disk_full, {"iteration": 2}) is None
+    with pytest.warns(UserWarning, match="checkpoint step 2 was not saved"):
+        assert run.save_checkpoint(2, disk_full, {"iteration": 2}) is None
     latest = run.latest_checkpoint()
     assert latest == first and (latest / "weights.bin").read_text() == "one"
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # no half-written directory is left behind
     skipped = [r for r in run.metrics() if r.get("checkpoint_skipped")]
     assert skipped and "No space left" in skipped[0]["checkpoint_error"]
+
+
+def _torch_disk_full(directory):
+    (directory / "optimizer.pt").write_text("partial")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1065656576 vs 1065656464")
+
+
+def _safetensors_disk_full(directory):
+    safetensors = pytest.importorskip("safetensors")
+    (directory / "model.safetensors").write_text("partial")
+    raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("fail", [_torch_disk_full, _safetensors_disk_full])
+def test_a_full_disk_in_torch_or_safetensors_skips_the_save_and_the_run_goes_on(tmp_path, fail):
+    # On a full disk torch.save raises RuntimeError and safetensors SafetensorError, not OSError.
+    run = RunDir(tmp_path, tensorboard=False)
+    first = run.save_checkpoint(1, _write("one"), {"iteration": 1})
+    with pytest.warns(UserWarning, match="checkpoint step 2 was not saved .* training goes on"):
+        assert run.save_checkpoint(2, fail, {"iteration": 2}) is None
+    assert run.latest_checkpoint() == first and (first / "weights.bin").read_text() == "one"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert [r["checkpoint_error"].split(":")[0] for r in run.metrics() if r.get("checkpoint_skipped")] == [
+        "RuntimeError" if fail is _torch_disk_full else "SafetensorError"]
+    assert run.save_checkpoint(3, _write("three"), {"iteration": 3}) == run.latest_checkpoint()  # space is back
 
 
 def test_old_checkpoints_are_pruned_and_metrics_truncate_on_resume(tmp_path):
