@@ -15,19 +15,14 @@ from agentgym.errors import AgentGymError  # noqa: E402
 from agentgym.glad import SearchBudget  # noqa: E402
 from agentgym.mc_groups import (  # noqa: E402
     chain_agreement,
-    chain_clauses,
-    clause_spans,
-    clause_verdicts,
     contrast_groups,
     pick_states,
-    rewrite_decision,
     teacher_replies,
 )
 from agentgym.runs import RunDir  # noqa: E402
-from agentgym.trajectory import Trajectory, Turn  # noqa: E402
 from environments.sanity.bandit import BanditEnv  # noqa: E402
 from trainers.proact import ProActConfig, ProActTrainer  # noqa: E402
-from trainers.turn_rows import clause_rows, decision_start, one_turn_row, play_time_prompt  # noqa: E402
+from trainers.turn_rows import play_time_prompt  # noqa: E402
 
 BANDIT = [
     "env.id=bandit",
@@ -144,19 +139,6 @@ def test_mc_grpo_scores_groups_and_uses_the_fallback_for_degenerate_ones(tmp_pat
     plain = _trainer(tmp_path, tiny_backend(seed=1), "mc_group_size=3", "mc_fallback=false", name="plain")
     adv = plain.score_replies([state] * 3, groups[:3]).advantages().tolist()
     assert adv[:6] == [0.0] * 6 and adv[7] > 0
-
-
-def test_rewrite_decision_changes_the_closing_clause_and_the_answer_only():
-    chain = "<think>Box 1 left. Left: pushes box, solves it. Down: wall. Best: Down.</think><answer>Down</answer>"
-    assert rewrite_decision(chain, "Down", "Left") == (
-        "<think>Box 1 left. Left: pushes box, solves it. Down: wall. Best: Left.</think><answer>Left</answer>"
-    )
-    # A closing clause that names another move than the answer is left as written; the answer still changes.
-    odd = "<think>Left: x. Down: y. Best: Left.</think><answer>Down</answer>"
-    assert rewrite_decision(odd, "Down", "Up") == "<think>Left: x. Down: y. Best: Left.</think><answer>Up</answer>"
-    assert rewrite_decision("blue", "blue", "red") == "red"  # a bare answer
-    assert rewrite_decision(chain, "Up", "Left") is None  # the answer is not the named action
-    assert rewrite_decision("<think>Best: Down.</think>", "Down", "Up") is None  # no answer to rewrite
 
 
 def test_fallback_rewrites_turn_a_degenerate_group_into_one_reply_per_action(tmp_path, tiny_backend):
@@ -441,17 +423,6 @@ def test_without_negatives_only_the_better_replies_are_trained(tmp_path, tiny_ba
     assert min(r["turns"][0]["info"]["advantage"] for r in rows) == 0.0
 
 
-def test_decision_start_is_the_last_best_clause_else_the_answer(smol_tokenizer):
-    def tail(text):
-        ids = smol_tokenizer.encode(text, add_special_tokens=False)
-        return smol_tokenizer.decode(ids[decision_start(smol_tokenizer, ids):])
-
-    chain = "<think>Box 1 left of you. Up: wall. Best: Up. Down: shortest. Best: Down.</think><answer>Down</answer>"
-    assert tail(chain).strip() == "Best: Down.</think><answer>Down</answer>"
-    assert tail("Left: wall.<answer>Right</answer>") == ".<answer>Right</answer>"  # ".<" is one token
-    assert tail("blue sky, no decision") == "blue sky, no decision"  # neither marker: the whole reply
-
-
 @pytest.mark.parametrize("span", ["decision", "decision+teacher"])
 def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path, tiny_backend, monkeypatch, span):
     backend = tiny_backend(seed=3)
@@ -479,72 +450,30 @@ def test_decision_span_trains_the_best_clause_and_answer_of_each_chain(tmp_path,
     assert any(not torch.equal(a, b) for a, b in zip(before, backend.model.parameters()))
 
 
-def test_chain_agreement_counts_the_solver_clauses_a_chain_states():
-    solver = ("<think>Box 1 left of you, target 1 up of it. Next: push it Up, standing below of it: 1 down and 1 left "
-              "of you. Up: wall. Down: shortest. Left: 2 more moves. Right: box blocked. Best: Down.</think>"
-              "<answer>Down</answer>")
-    assert chain_clauses(solver) == ["Box 1 left of you, target 1 up of it",
-                                     "Next: push it Up, standing below of it: 1 down and 1 left of you",
-                                     "Up: wall", "Down: shortest", "Left: 2 more moves", "Right: box blocked"]
-    assert chain_agreement(solver, solver) == 1.0
-    wrong = solver.replace("Left: 2 more moves", "Left: shortest").replace("Best: Down", "Best: Left")
-    assert chain_agreement(wrong, solver) == pytest.approx(5 / 6)
-    # A chain that repeats its closing clause (the looping failure) or a clause gains nothing for the repeat.
-    assert chain_agreement(solver.replace("Best: Down.", "Best: Down. Best: Down."), solver) == pytest.approx(6 / 7)
-    assert chain_agreement(solver.replace("Up: wall.", "Up: wall. Up: wall."), solver) == pytest.approx(6 / 7)
-    # No chain (an answer only) or another reply format altogether: nothing confirmed.
-    assert chain_agreement("<answer>Down</answer>", solver) == 0.0
-    assert chain_agreement("blue", solver) == 0.0 and chain_agreement("", "") == 0.0
+def _chain_reward_update(tmp_path, tiny_backend, monkeypatch, negatives, minibatch, *overrides):
+    """One MC-GRPO update on tiny Sokoban with the chain reward (W = 0.5) and the teacher in each group of 2 replies.
 
-
-def test_clause_rows_split_a_chain_by_the_solver_verdict_on_each_clause(smol_tokenizer):
-    solver = ("<think>Box 1 left of you. Up: wall. Down: shortest. Left: 2 more moves. Best: Down.</think>"
-              "<answer>Down</answer>")
-    reply = ("<think>Box 1 left of you. Up: shortest. Down: shortest. Down: shortest. Left: 2 more moves. Best: Up."
-             "</think><answer>Up</answer>")
-    assert [(c, reply[a:b]) for c, a, b in clause_spans(reply)][:2] == [("Box 1 left of you", "Box 1 left of you"),
-                                                                       ("Up: shortest", "Up: shortest")]
-    # Wrong: "Up: shortest" (the solver says wall) and the repeat of "Down: shortest" (confirmed once).
-    assert [ok for _, _, ok in clause_verdicts(reply, solver)] == [True, False, True, False, True]
-    ids = smol_tokenizer.encode(reply, add_special_tokens=False)
-    prompt = smol_tokenizer.encode("Where is the box?", add_special_tokens=False)
-    source = Trajectory(env_id="e", task=1, seed=0, group=0, split="train", turns=[Turn(None, reply, 0.0, True, {})])
-    row = one_turn_row(source, 0, prompt, ids, [0.0] * len(ids), text=reply, reward=0.0, key=[1, 0, 0],
-                       constrained=False, loss_from=decision_start(smol_tokenizer, ids))
-    right, wrong = clause_rows([row], [0], [solver], smol_tokenizer)
-
-    def trained(r):
-        return smol_tokenizer.decode([t for t, m in zip(r.token_ids, r.loss_mask) if m])
-
-    # Each row trains exactly its clauses' words: no tag, full stop or decision token, and no token twice.
-    assert trained(right).split() == "Box 1 left of you Down: shortest Left: 2 more moves".split()
-    assert trained(wrong).split() == "Up: shortest Down: shortest".split()
-    assert not any(a and b for a, b in zip(right.loss_mask, wrong.loss_mask))
-    assert not any(m for m in right.loss_mask[: len(prompt)])
-    assert (right.episode_return, wrong.episode_return) == (1.0, 0.0)
-    info = right.turns[0].info
-    assert (info["clauses"], wrong.turns[0].info["clauses"], info["reply"]) == (3, 2, 0)
-    assert info["chain_agreement"] == chain_agreement(reply, solver) == pytest.approx(3 / 5)
-    # The solver's own chain has no wrong row; a state without a solver chain, no rows.
-    ids = smol_tokenizer.encode(solver, add_special_tokens=False)
-    teacher = one_turn_row(source, 0, prompt, ids, [0.0] * len(ids), text=solver, reward=0.0, key=[1, 0, 0],
-                           constrained=False, loss_from=decision_start(smol_tokenizer, ids))
-    assert [r.episode_return for r in clause_rows([teacher, row], [0, 1], [solver, None], smol_tokenizer)] == [1.0]
+    Returns the backend, the minibatches' ``(text, advantage)`` rows, the stats, the samples file's rows and the
+    parameters before the update.
+    """
+    backend = tiny_backend(seed=3)
+    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
+                       "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
+                       "mc_group_size=2", f"minibatch_size={minibatch}", f"micro_batch_size={minibatch}",
+                       "policy.think=true", "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5",
+                       f"mc_negatives={str(negatives).lower()}", *overrides, base=SOKOBAN)
+    before = [p.detach().clone() for p in backend.model.parameters()]
+    seen = _record_minibatches(trainer, monkeypatch)
+    stats = trainer.update(trainer.collect(0))
+    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    return backend, seen, stats, rows, before
 
 
 @pytest.mark.parametrize("negatives", [True, False])
 def test_clause_credit_trains_right_and_wrong_clauses_against_the_share_right(tmp_path, tiny_backend, monkeypatch,
                                                                              negatives):
-    backend = tiny_backend(seed=3)
-    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
-                       "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
-                       "mc_group_size=2", "minibatch_size=16", "micro_batch_size=16", "policy.think=true",
-                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5",
-                       "mc_chain_credit=clause", f"mc_negatives={str(negatives).lower()}", base=SOKOBAN)
-    before = [p.detach().clone() for p in backend.model.parameters()]
-    seen = _record_minibatches(trainer, monkeypatch)
-    stats = trainer.update(trainer.collect(0))
-    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    backend, seen, stats, rows, before = _chain_reward_update(tmp_path, tiny_backend, monkeypatch, negatives, 16,
+                                                              "mc_chain_credit=clause")
     chains = [r["turns"][0]["info"] for r in rows if "clauses" in r["turns"][0]["info"]]
     assert {c["right"] for c in chains} == {True, False}  # the teacher's clauses are right, the tiny model's not
     groups = {}
@@ -567,16 +496,7 @@ def test_clause_credit_trains_right_and_wrong_clauses_against_the_share_right(tm
 @pytest.mark.parametrize("negatives", [True, False])
 def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_path, tiny_backend, monkeypatch,
                                                                           negatives):
-    backend = tiny_backend(seed=3)
-    trainer = _trainer(tmp_path, backend, "mc_teacher=true", "mc_fallback_baseline=mean", "mc_rollout_policy=oracle",
-                       "mc_rollouts=1", "mc_horizon=20", "env.max_turns=6", "tasks_per_iteration=2", "mc_states=2",
-                       "mc_group_size=2", "minibatch_size=12", "micro_batch_size=12", "policy.think=true",
-                       "policy.max_new_tokens=8", "mc_loss_span=decision", "mc_chain_reward=0.5",
-                       f"mc_negatives={str(negatives).lower()}", base=SOKOBAN)
-    before = [p.detach().clone() for p in backend.model.parameters()]
-    seen = _record_minibatches(trainer, monkeypatch)
-    stats = trainer.update(trainer.collect(0))
-    rows = [json.loads(line) for line in (tmp_path / "proact" / "samples" / "mc_grpo.jsonl").read_text().splitlines()]
+    backend, seen, stats, rows, before = _chain_reward_update(tmp_path, tiny_backend, monkeypatch, negatives, 12)
     replies = [r for r in rows if "chain_agreement" not in r["turns"][0]["info"]]
     chains = [r for r in rows if "chain_agreement" in r["turns"][0]["info"]]
     assert len(chains) == len(replies) == 6  # 2 states x (2 sampled + the teacher's), each a chain before its answer
@@ -603,7 +523,7 @@ def test_chain_reward_trains_each_chain_by_its_agreement_with_the_solver(tmp_pat
     sampled = [r["turns"][0]["info"]["chain_agreement"] for r in chains if not r["turns"][0]["info"]["teacher"]]
     assert stats["mc_chain_agreement"] == pytest.approx(np.mean(sampled)) and max(sampled) < 1.0
     # The minibatches train every chain head with its advantage, beside the decision tails with theirs.
-    decoded = {(trainer.backend.tokenizer.decode([t for t, m in zip(r["token_ids"], r["loss_mask"]) if m]).strip(),
+    decoded = {(backend.tokenizer.decode([t for t, m in zip(r["token_ids"], r["loss_mask"]) if m]).strip(),
                 round(r["turns"][0]["info"]["advantage"], 4)) for r in chains if r["turns"][0]["info"]["advantage"]}
     assert decoded and decoded <= {(text.strip(), round(a, 4)) for text, a in seen}
     assert any(a < 0 for _, a in decoded) == negatives
