@@ -390,9 +390,9 @@ class ProActTrainer(PPOTrainer):
                                            self._clauses)
         for c, a in zip(chains, chain_adv.tolist()):
             c.turns[0].info["advantage"] = a  # as self.advantages gives it (before any KL-in-reward term)
-        sampled = {c.turns[0].info.get("reply", k): c.turns[0].info["chain_agreement"] for k, c in enumerate(chains)
-                   if not c.turns[0].info["teacher"]}  # one per reply (clause credit has up to two rows each)
-        sampled = list(sampled.values())
+        per_reply = {c.turns[0].info.get("reply", k): c.turns[0].info["chain_agreement"] for k, c in enumerate(chains)
+                     if not c.turns[0].info["teacher"]}  # one per reply (clause credit has up to two rows each)
+        sampled = list(per_reply.values())
         self._scores = scores
         try:
             stats = super(PPOTrainer, self).update(rows + chains)  # the shared clipped loss (PolicyGradientTrainer)

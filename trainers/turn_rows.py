@@ -115,6 +115,12 @@ def decision_start(tokenizer: Any, reply: Sequence[int], markers: Sequence[str] 
     return 0
 
 
+def _chain_head(row: Trajectory) -> tuple[int, list[int]]:
+    """Where a decision-span row's reply starts, and the positions of its chain (the reply tokens out of the loss)."""
+    _, start, end, _ = row.segments[-1]
+    return int(start), [j for j in range(start, end) if not row.loss_mask[j]]
+
+
 def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequence[str | None]) -> list[Trajectory]:
     """The chains of MC-GRPO's decision-span rows (``mc_chain_reward``), each scored by the solver's chain.
 
@@ -125,8 +131,7 @@ def chain_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Sequen
     """
     out: list[Trajectory] = []
     for row, group in zip(rows, groups):
-        _, start, end, _ = row.segments[-1]
-        head = [j for j in range(start, end) if not row.loss_mask[j]]
+        start, head = _chain_head(row)
         if head and solver[group] is not None:
             agree = chain_agreement(row.turns[0].action, solver[group])
             info = {"chain_agreement": agree, "group": int(group), "teacher": bool(row.turns[0].info.get("teacher"))}
@@ -150,8 +155,7 @@ def clause_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Seque
     """
     out: list[Trajectory] = []
     for index, (row, group) in enumerate(zip(rows, groups)):
-        _, start, end, _ = row.segments[-1]
-        head = [j for j in range(start, end) if not row.loss_mask[j]]
+        start, head = _chain_head(row)
         if not head or solver[group] is None:
             continue
         ids = row.token_ids[start : head[-1] + 1]
