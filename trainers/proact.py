@@ -20,9 +20,8 @@
    ``use_abs_adv_only_for_group_with_same_reward``). With ``mc_fallback_rewrites`` a degenerate group instead
    becomes one reply per action: the first sampled reply and its rewrites to every other action (closing clause and
    answer), each scored by its own ``Q(s, a)`` (``mc_groups.contrast_groups``). Not in ProAct: ``mc_fallback_baseline``,
-   ``mc_teacher``, ``mc_pick``, ``mc_negatives``, ``mc_loss_span``, ``mc_chain_reward``,
-   ``mc_chain_credit``. The update is the shared
-   clipped loss of ``PolicyGradientTrainer.update`` on one turn.
+   ``mc_teacher``, ``mc_pick``, ``mc_negatives``, ``mc_loss_span``, ``mc_chain_reward``, ``mc_chain_credit``. The
+   update is the shared clipped loss of ``PolicyGradientTrainer.update`` on one turn.
 3. **MC-PPO** (spec 4.4; ``iterations`` steps). Turn-level PPO: PPO's value head (``trainers.ppo``) reads each
    turn's last prompt token; the critic used in the advantages is ``(1 - w) V_learned + w V_MC`` (``mc_value_weight``)
    with ``V_MC`` the MC-Critic value of the turn's state; one-step TD advantages (lambda 0) and return targets from
