@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         kl = (before.exp() * (before - after)).sum(-1)
         start = _reply_start(row) - 1  # logits at position p predict token p + 1
         info = (row.get("turns") or [{}])[0].get("info", {})
-        print(f"  {i:3d} adv {info.get('advantage', float('nan')):+.3f} {'teacher' if info.get('teacher') else '       '} "
+        who = "teacher" if info.get("teacher") else "       "
+        print(f"  {i:3d} adv {info.get('advantage', float('nan')):+.3f} {who} "
               f"KL mean {kl[start:].mean():.4f} max {kl[start:].max():7.3f}  "
               f"sampled token change {change[start:].min():+7.2f} .. {change[start:].max():+6.2f} nats")
         for p in range(start, len(kl)):
