@@ -255,15 +255,40 @@ def chain_clauses(reply: str) -> list[str]:
 def clause_verdicts(reply: str, solver: str) -> list[tuple[int, int, bool]]:
     """``(start, end, right)`` for each clause of ``reply`` (``clause_spans``), judged by the solver's chain.
 
-    A clause is right when the solver's chain at the same state (``solver``) states it word for word, each solver
-    clause confirming one occurrence, in order: a repeated clause is right once, as ``chain_agreement`` counts it.
+    The two chains' clauses are aligned in order, by a longest common subsequence that takes the earliest of equal
+    reply clauses. A clause is right when the solver's chain states it word for word at its place in that
+    alignment; so a repeated clause is right once, as ``chain_agreement`` counts it. Leaving a clause out is an
+    error too, charged to the clause that takes its place: where, between two aligned clauses, the solver's chain has
+    more clauses than the reply, the reply's next clause counts as wrong, or its last clause when the gap is at the
+    end. Without that, leaving a hard clause out would score better than writing it wrong.
+
+    ``Up: wall. Left: wall.`` against the solver's ``Up: wall. Down: shortest. Left: wall.`` is right, wrong.
     """
-    left = Counter(chain_clauses(solver))
-    out = []
-    for clause, start, end in clause_spans(reply):
-        out.append((start, end, left[clause] > 0))
-        left[clause] -= 1
-    return out
+    spans = clause_spans(reply)
+    ours, theirs = [c for c, _, _ in spans], chain_clauses(solver)
+    n, m = len(ours), len(theirs)
+    tail = [[0] * (m + 1) for _ in range(n + 1)]  # tail[i][j]: common subsequence length of ours[i:], theirs[j:]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            tail[i][j] = tail[i + 1][j + 1] + 1 if ours[i] == theirs[j] else max(tail[i + 1][j], tail[i][j + 1])
+    matches, i, j = [], 0, 0
+    while i < n and j < m:
+        if ours[i] == theirs[j] and tail[i][j] == tail[i + 1][j + 1] + 1:
+            matches.append((i, j))
+            i, j = i + 1, j + 1
+        elif tail[i][j + 1] >= tail[i + 1][j]:  # keep this reply clause in play: the solver's clause is unmatched
+            j += 1
+        else:
+            i += 1
+    right = [False] * n
+    previous = (-1, -1)
+    for i, j in [*matches, (n, m)]:
+        if i < n:
+            right[i] = True
+        if n and j - previous[1] > i - previous[0]:  # more solver clauses than reply clauses in the gap
+            right[min(i, n - 1)] = False
+        previous = (i, j)
+    return [(start, end, ok) for (_, start, end), ok in zip(spans, right)]
 
 
 def chain_agreement(reply: str, solver: str) -> float:

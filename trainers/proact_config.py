@@ -145,9 +145,9 @@ class ProActConfig(PPOConfig):
     """How ``mc_chain_reward`` credits a chain: 'chain', one advantage for the whole chain (its agreement minus the
     state's mean); 'clause', each clause's tokens by the solver's verdict on that clause: W x (1 - p) for a clause
     the solver's chain states, W x (0 - p) for one it does not, p the share of right clauses at the state
-    (``turn_rows.clause_rows``). Caution: a clause the reply leaves out gets no row, so 'clause' scores omission
-    above a wrong clause; on 6x6 Sokoban one seed learned to drop the hard clauses (benchmarks/RESULTS.md, "The
-    chain reward per clause")."""
+    (``turn_rows.clause_rows``). A clause the reply leaves out is charged to the clause that takes its place
+    (``mc_groups.clause_verdicts``): without that rule, one seed on 6x6 Sokoban learned to drop the hard clauses
+    (benchmarks/RESULTS.md, "The chain reward per clause")."""
     # ------------------------------------------------------------------ MC-PPO
     mc_value_weight: float = 1.0
     """w in (1-w) V_learned + w V_MC (ProAct: 1.0 Sokoban, 0.9 2048)."""

@@ -65,6 +65,15 @@ def test_clause_rows_split_a_chain_by_the_solver_verdict_on_each_clause(smol_tok
                                                                        ("Up: shortest", "Up: shortest")]
     # Wrong: "Up: shortest" (the solver says wall) and the repeat of "Down: shortest" (confirmed once).
     assert [ok for _, _, ok in clause_verdicts(reply, solver)] == [True, False, True, False, True]
+    # Leaving a clause out is charged to the clause that takes its place, or to the last clause when the chain stops
+    # early; a clause cut short is wrong itself. Nothing is charged where every solver clause has its counterpart.
+    gap = "<think>Box 1 left of you. Up: wall. Left: 2 more moves. Best: Up.</think><answer>Up</answer>"
+    assert [ok for _, _, ok in clause_verdicts(gap, solver)] == [True, True, False]
+    short = "<think>Box 1 left of you. Up: wall. Down: shortest. Best: Down.</think><answer>Down</answer>"
+    assert [ok for _, _, ok in clause_verdicts(short, solver)] == [True, True, False]
+    cut = "<think>Box 1 left. Up: wall. Down: shortest. Left: 2 more moves. Best: Down.</think><answer>Down</answer>"
+    assert [ok for _, _, ok in clause_verdicts(cut, solver)] == [False, True, True, True]
+    assert all(ok for _, _, ok in clause_verdicts(solver, solver))
     ids = smol_tokenizer.encode(reply, add_special_tokens=False)
     prompt = smol_tokenizer.encode("Where is the box?", add_special_tokens=False)
     source = Trajectory(env_id="e", task=1, seed=0, group=0, split="train", turns=[Turn(None, reply, 0.0, True, {})])
@@ -75,9 +84,10 @@ def test_clause_rows_split_a_chain_by_the_solver_verdict_on_each_clause(smol_tok
     def trained(r):
         return smol_tokenizer.decode([t for t, m in zip(r.token_ids, r.loss_mask) if m])
 
-    # Each row trains exactly its clauses' words: no tag, full stop or decision token, and no token twice.
-    assert trained(right).split() == "Box 1 left of you Down: shortest Left: 2 more moves".split()
-    assert trained(wrong).split() == "Up: shortest Down: shortest".split()
+    # Each row trains exactly its clauses' words and their closing full stops: no tag or decision token, no token
+    # twice.
+    assert trained(right).split() == "Box 1 left of you. Down: shortest. Left: 2 more moves.".split()
+    assert trained(wrong).split() == "Up: shortest. Down: shortest.".split()
     assert not any(a and b for a, b in zip(right.loss_mask, wrong.loss_mask))
     assert not any(m for m in right.loss_mask[: len(prompt)])
     assert (right.episode_return, wrong.episode_return) == (1.0, 0.0)
