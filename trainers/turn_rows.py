@@ -148,11 +148,10 @@ def clause_rows(rows: Sequence[Trajectory], groups: Sequence[int], solver: Seque
     As ``chain_rows``, but the head before the decision is split by the solver's verdict on each clause
     (``mc_groups.clause_verdicts`` against ``solver[groups[i]]``): one row has the tokens of the clauses the solver's
     chain confirms in its loss (return 1), the other those of the clauses it does not (return 0). A token is a
-    clause's when its text, leading spaces aside, lies inside the clause or is its closing full stop (the token
-    that ends a clause early belongs to it; spaces between clauses and tags are in neither row). Each row's info
-    holds ``clauses``, how many clauses it covers, ``reply``, the index of its reply in ``rows``, and the reply's
-    ``chain_agreement``. A reply whose tokens do not decode to the start of its
-    text gets no rows.
+    clause's when its text, leading spaces aside, lies inside the clause or is its closing full stop (so the full
+    stop that ends a clause early is trained with it; the spaces between clauses and the tags are in neither row).
+    Each row's info holds ``clauses``, how many clauses it covers, ``reply``, the index of its reply in ``rows``, and
+    the reply's ``chain_agreement``. A reply whose tokens do not decode to the start of its text gets no rows.
     """
     out: list[Trajectory] = []
     for index, (row, group) in enumerate(zip(rows, groups)):
