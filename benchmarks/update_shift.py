@@ -3,12 +3,13 @@
 A training run's ``approx_kl`` says that an update moved the policy, not where. This script loads the policy
 before and after an update (two ``checkpoints/step-N/policy`` folders, or copies of them), replays the replies kept
 in a samples file (``samples/mc_grpo.jsonl`` or ``samples/train.jsonl``: each row holds ``token_ids`` and the
-``segments`` that mark the assistant's reply), and for every reply token prints
+``segments`` that mark the assistant's replies), and at every reply token measures
 
 * the full-distribution KL(before || after) at that position, and
-* the change in the sampled token's log-probability,
+* the change in the sampled token's log-probability.
 
-then the positions with the largest KL, with the text just before them. ``--policy proact@7`` keeps only the
+It prints each row's mean and largest KL and its range of changes, then the positions with the largest KL, with
+the text just before them. ``--policy proact@7`` keeps only the
 replies sampled by that policy version (the ``policy`` field), which for an update from step N to N+1 are the
 replies it was trained on.
 
@@ -26,12 +27,12 @@ import sys
 from pathlib import Path
 
 
-def _reply_start(row: dict) -> int:
-    """Index of the first assistant token (the first ``assistant`` segment)."""
-    for seg in row.get("segments", []):
-        if seg[0] == "assistant":
-            return int(seg[1])
-    raise ValueError(f"row {row.get('task')!r} has no assistant segment in {row.get('segments')!r}")
+def _reply_positions(row: dict) -> list[int]:
+    """Positions of the logits that predict the assistant's tokens (every ``assistant`` segment of the row)."""
+    out = [p - 1 for role, start, end, *_ in row.get("segments", []) if role == "assistant" for p in range(start, end)]
+    if not out:
+        raise ValueError(f"row {row.get('task')!r} has no assistant segment in {row.get('segments')!r}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,19 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     for i, row in enumerate(rows):
         ids = torch.tensor([row["token_ids"]])
         with torch.no_grad():
-            before, after = (torch.log_softmax(m(ids).logits[0, :-1].float(), -1) for m in models)
+            before, after = (torch.log_softmax(m(ids).logits[0, :-1], -1) for m in models)
         target = ids[0, 1:, None]
         change = (after.gather(1, target) - before.gather(1, target))[:, 0]
         kl = (before.exp() * (before - after)).sum(-1)
-        start = _reply_start(row) - 1  # logits at position p predict token p + 1
+        at = _reply_positions(row)  # logits at position p predict token p + 1
         info = (row.get("turns") or [{}])[0].get("info", {})
         who = "teacher" if info.get("teacher") else "       "
         print(f"  {i:3d} adv {info.get('advantage', float('nan')):+.3f} {who} "
-              f"KL mean {kl[start:].mean():.4f} max {kl[start:].max():7.3f}  "
-              f"sampled token change {change[start:].min():+7.2f} .. {change[start:].max():+6.2f} nats")
-        for p in range(start, len(kl)):
+              f"KL mean {kl[at].mean():.4f} max {kl[at].max():7.3f}  "
+              f"sampled token change {change[at].min():+7.2f} .. {change[at].max():+6.2f} nats")
+        for p in at:
             found.append((float(kl[p]), float(change[p]), float(before[p, target[p, 0]]), i,
-                          tok.decode(ids[0, p + 1:p + 2]), tok.decode(ids[0, max(start + 1, p - 7):p + 1])))
+                          tok.decode(ids[0, p + 1:p + 2]), tok.decode(ids[0, max(0, p - 7):p + 1])))
     found.sort(key=lambda f: -f[0])
     print(f"top {args.top} positions by KL(before || after):")
     for kl_p, d, lp, i, t, ctx in found[: args.top]:
